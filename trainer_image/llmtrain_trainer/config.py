@@ -77,6 +77,9 @@ class TrainingConfig(_Model):
     activation_checkpointing: Literal["none", "full", "selective"] = Field("none", description="Recompute policy.")
     compile: bool = Field(False, description="torch.compile each block.")
     seed: int = Field(0, description="Seed for init, data order and dropout.")
+    divergence_patience: int = Field(
+        5, ge=1, description="Consecutive steps with a non-finite loss after which the run has diverged (exit 79)."
+    )
 
 
 class CheckpointConfig(_Model):
@@ -89,7 +92,9 @@ class CheckpointConfig(_Model):
 
 class MetricsConfig(_Model):
     port: int = Field(9090, ge=0, le=65535, description="Prometheus port (0 disables the endpoint).")
-    peak_flops: float | None = Field(None, gt=0, description="Peak FLOP/s per device for MFU; from a GPU table if unset.")
+    peak_flops: float | None = Field(
+        None, gt=0, description="Peak FLOP/s per device for MFU; from a GPU table if unset."
+    )
 
 
 class LoggingConfig(_Model):

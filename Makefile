@@ -1,0 +1,82 @@
+# llmtrain — developer entry points. `make demo` and `make test` are the two that matter.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+CACHE        ?= $(HOME)/.cache/llmtrain
+VENV         ?= $(CACHE)/venv
+PY           := $(VENV)/bin/python
+K8S_VERSION  ?= v1.37.2
+BIN_DIR      := $(CACHE)/k8s-$(K8S_VERSION)/bin
+TOOLS_DIR    := $(CACHE)/tools/bin
+export PATH         := $(BIN_DIR):$(TOOLS_DIR):$(VENV)/bin:$(PATH)
+export PYTHONPATH   := $(CURDIR)/hack:$(CURDIR)/operator:$(CURDIR)/trainer_image
+export K8S_VERSION
+PYTEST       := $(PY) -m pytest -p no:cacheprovider
+REQ_STAMP    := $(VENV)/.llmtrain-$(shell sha256sum requirements.lock | cut -c1-16)
+CRD          := crds/llmtrain.dev_llmtrainingjobs.yaml
+CHART_CRD    := charts/llmtrain-operator/crds/llmtrain.dev_llmtrainingjobs.yaml
+
+.PHONY: help
+help: ## List the targets
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
+
+# ---------------------------------------------------------------- environment
+.PHONY: venv
+venv: $(REQ_STAMP) ## Python environment (torch, kopf, ...) in ~/.cache/llmtrain/venv, plus our two packages
+	@$(PY) -m pip install -q --no-deps --no-build-isolation -e operator -e trainer_image
+
+$(REQ_STAMP): requirements.lock
+	@echo "[venv] installing the pinned Python environment into $(VENV) (torch is large: several minutes cold)"
+	@test -x $(PY) || python3 -m venv $(VENV)
+	@$(PY) -m pip install -q --upgrade pip
+	@$(PY) -m pip install --progress-bar off -r requirements.lock
+	@rm -f $(VENV)/.llmtrain-* && touch $@
+
+.PHONY: system-deps
+system-deps: ## Debian packages the test bed and tests need (iproute2, util-linux, prometheus, shellcheck)
+	@bash hack/system-deps.sh
+
+.PHONY: cluster-bins
+cluster-bins: ## Build kube-apiserver, controller-manager, scheduler, kubectl, etcd, helm, kubeconform (cached)
+	@bash hack/build-bins.sh
+
+# ---------------------------------------------------------------- local cluster
+.PHONY: cluster-up cluster-down cluster-status
+cluster-up: venv cluster-bins system-deps ## Start the local test bed (real control plane + process kubelet)
+	@$(PY) -m testbed up
+cluster-down: ## Stop the test bed; leaves no process behind
+	@$(PY) -m testbed down
+cluster-status: ## Show the test bed's components and nodes
+	@$(PY) -m testbed status
+
+# ---------------------------------------------------------------- generated files
+.PHONY: crds
+crds: venv ## Regenerate the CRD from the pydantic API models (and the chart's copy)
+	@$(PY) -m llmtrain_operator.crdgen > $(CRD)
+	@cp $(CRD) $(CHART_CRD)
+	@echo "wrote $(CRD) and $(CHART_CRD)"
+
+# ---------------------------------------------------------------- checks
+.PHONY: lint
+lint: venv ## ruff over all Python
+	@$(VENV)/bin/ruff check operator trainer_image hack tests bench
+	@$(VENV)/bin/ruff format --check operator trainer_image hack tests bench
+
+.PHONY: test-unit test-integration test-e2e test
+test-unit: venv ## Pure-function and single-machine tests (trainer runs on CPU with gloo)
+	@$(PYTEST) tests/unit -q
+test-integration: cluster-up ## Tests against the real test bed
+	@$(PYTEST) tests/integration -q
+test-e2e: cluster-up ## The whole flow: helm install, train, fault, Prometheus
+	@$(PYTEST) tests/e2e -q
+test: lint test-unit test-integration test-e2e ## Everything CI runs
+
+# ---------------------------------------------------------------- the main job
+.PHONY: demo
+demo: cluster-up ## Train the tiny example through the operator on the local cluster, showing progress live
+	@$(PY) hack/demo.py
+
+.PHONY: clean
+clean: ## Stop the cluster and remove its state (keeps the cached binaries and venv)
+	-@$(PY) -m testbed down
+	@rm -rf $(CACHE)/cluster

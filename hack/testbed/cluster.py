@@ -1,0 +1,207 @@
+"""Bring the test bed up, down, and report its state; the public API used by the CLI and the pytest fixtures.
+
+up(nodes=2, gpus_per_node=8) -> Started      idempotent: keeps what already runs with the same command line
+down() -> Stopped                            stops every process it started, the pod network, sweeps leftovers
+status() -> Status                           component health and nodes; never starts anything
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+
+from testbed import components, kubeconfig, paths, pki, probes, processes
+from testbed.components import Component
+
+log = logging.getLogger("testbed")
+
+CONTROL_PLANE = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler")
+# Stop order: the kubelet first, so it can stop its pods while the rest still runs.
+STOP_ORDER = ("kubelet", "kube-scheduler", "kube-controller-manager", "kube-apiserver", "etcd")
+KUBELET_GRACE_S = 45.0  # the kubelet stops its pods on SIGTERM, honouring their grace periods
+
+
+class TestbedError(RuntimeError):
+    """The test bed could not be brought up; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class Started:
+    """Result of `up`: where the kubeconfig is, and which processes this call started (empty: already running)."""
+
+    kubeconfig: Path
+    state_dir: Path
+    started: list[str]
+
+    @property
+    def already_running(self) -> bool:
+        return not self.started
+
+
+@dataclass(frozen=True)
+class Stopped:
+    """Result of `down`: processes stopped in order, and pids of leftovers that had to be killed."""
+
+    stopped: list[str]
+    swept: list[int] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    name: str
+    ready: bool
+    gpus: str
+
+
+@dataclass(frozen=True)
+class Status:
+    """Result of `status`: per-component (running, healthy) and the registered nodes."""
+
+    components: dict[str, tuple[bool, bool]]
+    nodes: list[NodeInfo]
+    kubeconfig: Path
+
+    @property
+    def healthy(self) -> bool:
+        return all(running and ok for running, ok in self.components.values())
+
+
+def admin_kubeconfig(state: Path | None = None) -> Path:
+    return (state or paths.state_dir()) / "kubeconfig"
+
+
+def up(nodes: int = 2, gpus_per_node: int = 8, timeout: float = 90.0) -> Started:
+    """Start whatever is not already running (same command line), wait for /readyz and `nodes` Ready nodes."""
+    state = paths.state_dir()
+    state.mkdir(parents=True, exist_ok=True)
+    certs = pki.ensure(state / "pki")
+    admin = kubeconfig.write(admin_kubeconfig(state), certs, "admin", "admin")
+    cm_config = kubeconfig.write(state / "controller-manager.kubeconfig", certs, "controller-manager", "cm")
+    sched_config = kubeconfig.write(state / "scheduler.kubeconfig", certs, "scheduler", "scheduler")
+    plane = [
+        components.etcd(state),
+        components.apiserver(state, certs),
+        components.controller_manager(state, certs, cm_config),
+        components.scheduler(state, sched_config),
+    ]
+    network = _optional_module("network")
+    if network is not None:
+        network.ensure_bridge()  # the apiserver advertises the bridge address; pods reach it there
+    started = [c.name for c in plane if _ensure_running(state, c)]
+    deadline = time.monotonic() + timeout
+    for component in plane:
+        _wait_healthy(state, certs, component.name, deadline)
+
+    kubelet_module = importlib.util.find_spec("testbed.kubelet")
+    if kubelet_module is None:
+        log.warning("testbed.kubelet is not available: no nodes are registered, pods will stay Pending")
+    else:
+        kubelet = components.kubelet(state, certs, admin, nodes, gpus_per_node)
+        if _ensure_running(state, kubelet):
+            started.append(kubelet.name)
+        _wait_nodes_ready(state, certs, nodes, deadline)
+    log.info("test bed %s; kubeconfig %s", "started" if started else "already running", admin)
+    return Started(kubeconfig=admin, state_dir=state, started=started)
+
+
+def down() -> Stopped:
+    """Stop the kubelet (and so its pods), the control plane and the pod network; kill any marked leftover."""
+    state = paths.state_dir()
+    stopped = []
+    for name in STOP_ORDER:
+        if processes.stop(state, name, grace=KUBELET_GRACE_S if name == "kubelet" else 10.0):
+            log.info("stopped %s", name)
+            stopped.append(name)
+    kubelet_cleanup = _optional_module("kubelet")
+    if kubelet_cleanup is not None and hasattr(kubelet_cleanup, "cleanup"):
+        kubelet_cleanup.cleanup(state / "kubelet")
+    swept = processes.sweep(state)
+    if swept:
+        log.warning("killed %d leftover test bed process(es): %s", len(swept), swept)
+    network = _optional_module("network")
+    if network is not None:
+        network.teardown()
+    # Each `up` after a `down` starts from an empty cluster; the PKI (and so the kubeconfig) is kept.
+    shutil.rmtree(state / "etcd", ignore_errors=True)
+    return Stopped(stopped=stopped, swept=swept)
+
+
+def status() -> Status:
+    state = paths.state_dir()
+    certs = pki.Pki(state / "pki")
+    health: dict[str, tuple[bool, bool]] = {}
+    for name in (*CONTROL_PLANE, "kubelet"):
+        tracked = processes.read(state, name)
+        running = tracked is not None and tracked.alive()
+        health[name] = (running, running and certs.ca_crt.exists() and probes.healthy(name, certs))
+    found = probes.nodes(certs) if health["kube-apiserver"][1] else []
+    node_infos = [
+        NodeInfo(
+            name=n["metadata"]["name"],
+            ready=probes.node_ready(n),
+            gpus=n.get("status", {}).get("capacity", {}).get("nvidia.com/gpu", "0"),
+        )
+        for n in found
+    ]
+    return Status(components=health, nodes=node_infos, kubeconfig=admin_kubeconfig(state))
+
+
+def _optional_module(name: str) -> ModuleType | None:
+    """testbed.network / testbed.kubelet are developed separately; the control plane works without them."""
+    if importlib.util.find_spec(f"testbed.{name}") is None:
+        log.warning("testbed.%s is not available: skipping it", name)
+        return None
+    return importlib.import_module(f"testbed.{name}")
+
+
+def _ensure_running(state: Path, component: Component) -> bool:
+    """Start `component` unless it already runs with the same command line. True if it was (re)started."""
+    tracked = processes.read(state, component.name)
+    if tracked is not None and tracked.alive():
+        if tracked.argv == component.argv:
+            return False
+        log.info("restarting %s: its command line changed", component.name)
+        processes.stop(state, component.name, grace=KUBELET_GRACE_S if component.name == "kubelet" else 10.0)
+    for host, port in component.ports:
+        try:
+            processes.ensure_port_free(port, component.name, host)
+        except processes.PortBusy as busy:
+            raise TestbedError(str(busy)) from None
+    log.info("starting %s", component.name)
+    processes.start(state, component.name, component.argv, env=_env(component.name))
+    return True
+
+
+def _env(name: str) -> dict[str, str]:
+    if name != "kubelet":
+        return {}
+    # `python -m testbed.kubelet` must find this package and the project's code.
+    repo = paths.REPO_ROOT
+    return {"PYTHONPATH": ":".join(str(repo / p) for p in ("hack", "operator", "trainer_image"))}
+
+
+def _wait_healthy(state: Path, certs: pki.Pki, name: str, deadline: float) -> None:
+    while not probes.healthy(name, certs):
+        tracked = processes.read(state, name)
+        log_file = state / "logs" / f"{name}.log"
+        if tracked is None or not tracked.alive():
+            raise TestbedError(f"{name} exited during start-up; last lines of {log_file}:\n{probes.log_tail(log_file)}")
+        if time.monotonic() > deadline:
+            raise TestbedError(f"{name} not healthy in time; see {log_file}:\n{probes.log_tail(log_file)}")
+        time.sleep(0.2)
+
+
+def _wait_nodes_ready(state: Path, certs: pki.Pki, count: int, deadline: float) -> None:
+    log_file = state / "logs" / "kubelet.log"
+    while sum(probes.node_ready(n) for n in probes.nodes(certs)) < count:
+        tracked = processes.read(state, "kubelet")
+        if tracked is None or not tracked.alive():
+            raise TestbedError(f"the kubelet exited; last lines of {log_file}:\n{probes.log_tail(log_file)}")
+        if time.monotonic() > deadline:
+            raise TestbedError(f"fewer than {count} nodes Ready in time; see {log_file}:\n{probes.log_tail(log_file)}")
+        time.sleep(0.3)

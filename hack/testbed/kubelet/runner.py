@@ -1,0 +1,165 @@
+"""Container processes: start one in the pod's namespaces through launcher.py, watch it, stop its whole tree.
+
+A container is the launcher's process after `exec`: it leads its own session (so SIGTERM reaches the process group,
+e.g. torchrun and its workers), writes stdout+stderr straight to its log file (so logs survive the kubelet), and
+records its mount namespace, which identifies every process it forked even if one calls setsid.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+LAUNCHER = Path(__file__).with_name("launcher.py")
+
+log = logging.getLogger("testbed.kubelet.runner")
+
+
+@dataclass
+class Mount:
+    """One bind mount into the container: a host path shown at `target`."""
+
+    source: str
+    target: str
+    read_only: bool = False
+
+
+@dataclass
+class LaunchSpec:
+    """Everything the launcher needs to become the container; written as JSON next to the log."""
+
+    argv: list[str]
+    env: dict[str, str]
+    hostname: str
+    netns_path: str
+    mounts: list[Mount] = field(default_factory=list)
+    working_dir: str | None = None
+
+
+def _spec_json(spec: LaunchSpec, run_dir: Path) -> dict:
+    return {
+        "argv": spec.argv,
+        "env": spec.env,
+        "hostname": spec.hostname,
+        "netns_path": spec.netns_path,
+        "working_dir": spec.working_dir,
+        "mounts": [m.__dict__ for m in spec.mounts],
+        "scratch_dir": str(run_dir / "scratch"),
+        "mnt_ns_file": str(run_dir / "mnt-ns"),
+        "host_created_file": str(run_dir.parent / "host-created"),
+    }
+
+
+class ContainerProcess:
+    """A running (or finished) container process."""
+
+    def __init__(self, spec: LaunchSpec, run_dir: Path, log_path: Path) -> None:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        self.run_dir = run_dir
+        self.log_path = log_path
+        spec_path = run_dir / "launch.json"
+        spec_path.write_text(json.dumps(_spec_json(spec, run_dir)))
+        (run_dir / "mnt-ns").unlink(missing_ok=True)
+        with open(log_path, "ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-I", "-S", str(LAUNCHER), str(spec_path)],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=out,
+                start_new_session=True,
+                close_fds=True,
+                env={},
+            )
+        self.pid = self.proc.pid
+
+    def poll(self) -> int | None:
+        """The exit code once the main process ended (negative signal numbers become 128+n, like a runtime)."""
+        code = self.proc.poll()
+        if code is not None and code < 0:
+            return 128 - code
+        return code
+
+    def mnt_ns(self) -> str | None:
+        try:
+            return (self.run_dir / "mnt-ns").read_text().strip() or None
+        except FileNotFoundError:
+            return None
+
+    def _tree(self) -> list[int]:
+        """Processes of this container: its process group plus anything sharing its mount namespace."""
+        ns = self.mnt_ns()
+        own_ns = os.readlink("/proc/self/ns/mnt")
+        pids: set[int] = set()
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            pid = int(entry)
+            try:
+                if (ns and ns != own_ns and os.readlink(f"/proc/{pid}/ns/mnt") == ns) or os.getpgid(pid) == self.pid:
+                    pids.add(pid)
+            except (OSError, ProcessLookupError):
+                continue
+        pids.discard(os.getpid())
+        return sorted(pids)
+
+    def signal_group(self, sig: int) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pid, sig)
+
+    def stop(self, grace_s: float) -> int | None:
+        """SIGTERM the process group, wait up to `grace_s` for the main process, then SIGKILL the whole tree."""
+        if self.poll() is None:
+            self.signal_group(signal.SIGTERM)
+            deadline = time.monotonic() + max(grace_s, 0)
+            while self.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.05)
+        self.kill_tree()
+        return self.poll()
+
+    def kill_tree(self) -> None:
+        """SIGKILL every process of the container (also children that outlived the main process) and reap."""
+        for _ in range(100):
+            self.signal_group(signal.SIGKILL)
+            pids = self._tree()
+            if not pids:
+                break
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            time.sleep(0.02)
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            log.error("container process %d did not die after SIGKILL", self.pid)
+
+
+def exec_in_container(
+    pid: int, argv: list[str], env: dict[str, str], run_dir: Path, timeout_s: float
+) -> tuple[int, str]:
+    """Run argv inside a running container's network, UTS and mount namespaces (exec probes); returns (code, output)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    spec_path = run_dir / f"exec-{uuid.uuid4().hex[:8]}.json"
+    spec_path.write_text(json.dumps({"join_pid": pid, "argv": argv, "env": env}))
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-I", "-S", str(LAUNCHER), str(spec_path)],
+            capture_output=True,
+            timeout=timeout_s,
+            env={},
+            start_new_session=True,
+        )
+    except subprocess.TimeoutExpired as exc:
+        return -1, f"timed out after {timeout_s}s: {exc}"
+    finally:
+        spec_path.unlink(missing_ok=True)
+    return proc.returncode, (proc.stdout + proc.stderr).decode(errors="replace")[-1024:]

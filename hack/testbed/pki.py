@@ -1,0 +1,178 @@
+"""The test bed's PKI, made on the fly: one CA signs every serving and client certificate.
+
+Kept under <state>/pki and reused while complete, so kubeconfigs written earlier stay valid across
+down/up. ECDSA P-256 keys: generating them takes milliseconds, and every component accepts them.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+# Bump when the set of files or their contents change, so an old PKI is replaced rather than half-reused.
+LAYOUT = "1"
+APISERVER_IPS = ("127.0.0.1", "10.88.0.1", "10.96.0.1")
+APISERVER_NAMES = (
+    "localhost",
+    "kubernetes",
+    "kubernetes.default",
+    "kubernetes.default.svc",
+    "kubernetes.default.svc.cluster.local",
+)
+KUBELET_IPS = ("10.88.0.1", "127.0.0.1")
+
+
+@dataclass(frozen=True)
+class Pki:
+    """Paths of everything the components need; `<name>.crt` / `<name>.key` pairs live in `dir`."""
+
+    dir: Path
+
+    @property
+    def ca_crt(self) -> Path:
+        return self.dir / "ca.crt"
+
+    @property
+    def sa_key(self) -> Path:
+        return self.dir / "sa.key"
+
+    @property
+    def sa_pub(self) -> Path:
+        return self.dir / "sa.pub"
+
+    def crt(self, name: str) -> Path:
+        return self.dir / f"{name}.crt"
+
+    def key(self, name: str) -> Path:
+        return self.dir / f"{name}.key"
+
+
+@dataclass(frozen=True)
+class _Leaf:
+    name: str
+    common_name: str
+    organization: str | None = None
+    server: bool = False
+    ips: tuple[str, ...] = ()
+    dns: tuple[str, ...] = ()
+
+
+# name -> subject. Client certs map to RBAC users/groups: CN is the user, O the group.
+LEAVES = (
+    _Leaf("apiserver", "kube-apiserver", server=True, ips=APISERVER_IPS, dns=APISERVER_NAMES),
+    _Leaf("admin", "admin", "system:masters"),
+    _Leaf("controller-manager", "system:kube-controller-manager"),
+    _Leaf("scheduler", "system:kube-scheduler"),
+    # The apiserver presents this to the kubelet's logs endpoint; masters so `kubectl logs` proxying is never denied.
+    _Leaf("apiserver-kubelet-client", "kube-apiserver-kubelet-client", "system:masters"),
+    _Leaf("kubelet", "llmtrain-kubelet", server=True, ips=KUBELET_IPS, dns=("localhost",)),
+)
+
+
+def ensure(directory: Path) -> Pki:
+    """Create the PKI in `directory` unless a complete one of the current layout is already there."""
+    pki = Pki(directory)
+    wanted = [pki.ca_crt, pki.key("ca"), pki.sa_key, pki.sa_pub]
+    wanted += [p for leaf in LEAVES for p in (pki.crt(leaf.name), pki.key(leaf.name))]
+    marker = directory / "layout"
+    if marker.exists() and marker.read_text() == LAYOUT and all(p.exists() for p in wanted):
+        return pki
+    directory.mkdir(parents=True, exist_ok=True)
+    ca_key = _new_key()
+    ca_cert = _ca_certificate(ca_key)
+    _write(pki.key("ca"), _key_pem(ca_key))
+    _write(pki.ca_crt, ca_cert.public_bytes(serialization.Encoding.PEM))
+    for leaf in LEAVES:
+        key = _new_key()
+        _write(pki.key(leaf.name), _key_pem(key))
+        _write(
+            pki.crt(leaf.name), _leaf_certificate(leaf, key, ca_key, ca_cert).public_bytes(serialization.Encoding.PEM)
+        )
+    sa_key = _new_key()
+    _write(pki.sa_key, _key_pem(sa_key))
+    pub = sa_key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    _write(pki.sa_pub, pub)
+    marker.write_text(LAYOUT)
+    return pki
+
+
+def _new_key() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
+def _write(path: Path, data: bytes) -> None:
+    path.write_bytes(data)
+    path.chmod(0o600)
+
+
+def _validity(builder: x509.CertificateBuilder, days: int) -> x509.CertificateBuilder:
+    now = dt.datetime.now(dt.UTC)
+    # Backdated an hour so a slightly skewed clock does not make a fresh certificate "not yet valid".
+    return builder.not_valid_before(now - dt.timedelta(hours=1)).not_valid_after(now + dt.timedelta(days=days))
+
+
+def _ca_certificate(key: ec.EllipticCurvePrivateKey) -> x509.Certificate:
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "llmtrain-testbed-ca")])
+    builder = x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+    builder = _validity(builder.serial_number(x509.random_serial_number()), days=3650)
+    builder = builder.add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+    usage = x509.KeyUsage(
+        digital_signature=True,
+        content_commitment=False,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=True,
+        crl_sign=True,
+        encipher_only=False,
+        decipher_only=False,
+    )
+    builder = builder.add_extension(usage, critical=True)
+    builder = builder.add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+    return builder.sign(key, hashes.SHA256())
+
+
+def _leaf_certificate(
+    leaf: _Leaf, key: ec.EllipticCurvePrivateKey, ca_key: ec.EllipticCurvePrivateKey, ca_cert: x509.Certificate
+) -> x509.Certificate:
+    attributes = [x509.NameAttribute(NameOID.COMMON_NAME, leaf.common_name)]
+    if leaf.organization:
+        attributes.insert(0, x509.NameAttribute(NameOID.ORGANIZATION_NAME, leaf.organization))
+    builder = x509.CertificateBuilder().subject_name(x509.Name(attributes)).issuer_name(ca_cert.subject)
+    builder = _validity(builder.public_key(key.public_key()).serial_number(x509.random_serial_number()), days=825)
+    builder = builder.add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+    usage = x509.KeyUsage(
+        digital_signature=True,
+        content_commitment=False,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=False,
+        crl_sign=False,
+        encipher_only=False,
+        decipher_only=False,
+    )
+    builder = builder.add_extension(usage, critical=True)
+    purpose = ExtendedKeyUsageOID.SERVER_AUTH if leaf.server else ExtendedKeyUsageOID.CLIENT_AUTH
+    builder = builder.add_extension(x509.ExtendedKeyUsage([purpose]), critical=False)
+    builder = builder.add_extension(
+        x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
+    )
+    if leaf.server:
+        names: list[x509.GeneralName] = [x509.DNSName(d) for d in leaf.dns]
+        names += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in leaf.ips]
+        builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
+    return builder.sign(ca_key, hashes.SHA256())

@@ -1,0 +1,1 @@
+"""llmtrain operator: the LLMTrainingJob API (api.py), its CRD (crdgen.py) and the kopf controller (handlers.py)."""

@@ -1,0 +1,337 @@
+"""The LLMTrainingJob API as pydantic models: the single source of truth for the CRD schema and for the operator.
+
+`crdgen` renders the CRD's OpenAPI schema from these models; the operator parses `spec` with them. Python names are
+snake_case, the wire (and CRD) names camelCase through the alias generator. Cross-field rules the API server can
+check are declared here as CEL (`x-kubernetes-validations`); the rest lives in `validate.py`.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+from .constants import DEFAULT_METRICS_PORT
+
+# Schema markers read by crdgen (pydantic keeps unknown keys of json_schema_extra in the JSON schema).
+INT_OR_STRING = {"x-kubernetes-int-or-string": True}
+PRESERVE_UNKNOWN = {"x-kubernetes-preserve-unknown-fields": True}
+IMMUTABLE = {"x-kubernetes-validations": [{"rule": "self == oldSelf", "message": "is immutable once the job exists"}]}
+
+Quantity = Annotated[int | str, Field(json_schema_extra=INT_OR_STRING)]
+K8sObject = Annotated[dict[str, Any], Field(json_schema_extra=PRESERVE_UNKNOWN)]
+
+
+def _cel(*rules: dict[str, str]) -> dict[str, Any]:
+    return {"x-kubernetes-validations": list(rules)}
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+
+
+class ResourceRequirements(_Model):
+    """Compute resources of each node pod (the trainer container)."""
+
+    requests: dict[str, Quantity] = Field(
+        default_factory=dict, description="Minimum resources, e.g. cpu: '4', memory: 16Gi, nvidia.com/gpu: 8."
+    )
+    limits: dict[str, Quantity] = Field(
+        default_factory=dict, description="Maximum resources; a GPU count here is also used as the request."
+    )
+
+
+class ModelSpec(_Model):
+    """Transformer shape: a preset (shapes defined by the trainer), optionally overridden by explicit dimensions."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_cel(
+            {
+                "rule": "has(self.preset) || (has(self.dim) && has(self.layers) && has(self.heads))",
+                "message": "set model.preset, or model.dim, model.layers and model.heads",
+            },
+            {
+                "rule": "!has(self.heads) || !has(self.kvHeads) || self.heads % self.kvHeads == 0",
+                "message": "model.heads must be a multiple of model.kvHeads",
+                "fieldPath": ".kvHeads",
+            },
+        )
+    )
+
+    preset: Literal["tiny", "gpt2-124m", "llama-1b", "llama-8b"] | None = Field(
+        None, description="Named model shape; explicit dimensions below override its values."
+    )
+    dim: int | None = Field(None, ge=8, description="Hidden size.")
+    layers: int | None = Field(None, ge=1, description="Number of transformer blocks.")
+    heads: int | None = Field(None, ge=1, description="Attention heads.")
+    kv_heads: int | None = Field(None, ge=1, description="Key/value heads (grouped-query attention); = heads if unset.")
+    ffn_dim: int | None = Field(None, ge=8, description="SwiGLU feed-forward hidden size.")
+    vocab_size: int | None = Field(None, ge=2, description="Vocabulary size; the tokenizer's when unset.")
+    max_seq_len: int | None = Field(None, ge=1, description="Longest sequence the rotary embeddings are built for.")
+    tie_embeddings: bool | None = Field(None, description="Share the input embedding with the output projection.")
+
+
+class DataSpec(_Model):
+    """Training data."""
+
+    source: str = Field(
+        "synthetic",
+        min_length=1,
+        description="'synthetic', or a path on a mounted volume to a text file or a pre-tokenised .bin file.",
+    )
+    tokenizer: str = Field("byte", description="'byte', 'tiktoken:<encoding>' or 'hf:<path to tokenizer.json>'.")
+    seq_len: int = Field(256, ge=2, description="Tokens per training sequence.")
+    bin_dtype: Literal["uint16", "uint32"] = Field("uint16", description="Element type of a pre-tokenised .bin file.")
+
+
+class ParallelismSpec(_Model):
+    """How the model and batch are split across ranks. Immutable: checkpoints are laid out for one choice."""
+
+    model_config = ConfigDict(json_schema_extra=IMMUTABLE)
+
+    data_parallel: Literal["ddp", "fsdp"] = Field(
+        "fsdp", description="Data parallelism: ddp replicates the model, fsdp shards it (FSDP2)."
+    )
+    sharding: Literal["zero2", "zero3", "hybrid"] = Field(
+        "zero3",
+        description="FSDP sharding: zero2 keeps parameters after forward, zero3 reshards them, hybrid shards within "
+        "a node and replicates across nodes. Ignored for ddp.",
+    )
+    tensor_parallel: int = Field(
+        1, ge=1, description="Tensor-parallel degree within a node; must divide procsPerNode and model.heads."
+    )
+
+
+class OptimizerSpec(_Model):
+    """AdamW hyper-parameters."""
+
+    lr: float = Field(3e-4, gt=0, description="Peak learning rate.")
+    betas: list[float] = Field([0.9, 0.95], min_length=2, max_length=2, description="AdamW beta1 and beta2.")
+    weight_decay: float = Field(0.1, ge=0, description="Decoupled weight decay (not applied to norms/embeddings).")
+    eps: float = Field(1e-8, gt=0, description="AdamW epsilon.")
+
+
+class ScheduleSpec(_Model):
+    """Learning-rate schedule."""
+
+    warmup_steps: int = Field(0, ge=0, description="Linear warmup steps; must be smaller than training.steps.")
+    decay: Literal["cosine", "linear", "constant"] = Field("cosine", description="Decay shape after warmup.")
+    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="Final learning rate as a fraction of the peak.")
+
+
+class TrainingSpec(_Model):
+    """Steps and batch sizes."""
+
+    steps: int = Field(ge=1, description="Optimizer steps to run.")
+    global_batch_size: int = Field(
+        ge=1, description="Sequences per optimizer step across all ranks; a multiple of microBatchSize x data-parallel."
+    )
+    micro_batch_size: int = Field(1, ge=1, description="Sequences per rank per forward pass.")
+    grad_clip: float = Field(1.0, ge=0, description="Maximum global gradient norm; 0 disables clipping.")
+    activation_checkpointing: Literal["none", "full", "selective"] = Field(
+        "none", description="Activation recomputation policy."
+    )
+    compile: bool = Field(False, description="torch.compile each transformer block.")
+    seed: int = Field(0, description="Seed for initialisation, data order and dropout.")
+
+
+class CheckpointSpec(_Model):
+    """Where and how often to checkpoint; a restarted gang resumes from the newest complete checkpoint."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_cel(
+            {
+                "rule": "has(self.claimName) != has(self.volume)",
+                "message": "set exactly one of checkpoint.claimName and checkpoint.volume",
+            }
+        )
+    )
+
+    claim_name: str | None = Field(
+        None, min_length=1, description="PersistentVolumeClaim mounted at /checkpoints on every node."
+    )
+    volume: K8sObject | None = Field(
+        None, description="Any Kubernetes volume source (e.g. {nfs: {...}}) mounted at /checkpoints instead of a claim."
+    )
+    interval: int = Field(100, ge=1, description="Save every this many steps (and at the end).")
+    keep: int = Field(3, ge=1, description="Keep the newest this many complete checkpoints.")
+    async_save: bool = Field(False, description="Write checkpoints in the background.")
+
+
+class MetricsSpec(_Model):
+    """The trainer's Prometheus endpoint (rank 0's is read for status.progress)."""
+
+    port: int = Field(DEFAULT_METRICS_PORT, ge=1, le=65535, description="Port of the trainer's /metrics endpoint.")
+    peak_flops: float | None = Field(
+        None, gt=0, description="Peak FLOP/s per device for MFU; the trainer's GPU table when unset."
+    )
+
+
+class LoggingSpec(_Model):
+    """Trainer log output."""
+
+    interval: int = Field(10, ge=1, description="Rank 0 logs every this many steps.")
+    json_lines: bool = Field(False, alias="json", description="Log JSON lines instead of text.")
+
+
+class RunPolicy(_Model):
+    """Restarts, deadlines and clean-up."""
+
+    backoff_limit: int = Field(3, ge=0, description="Gang restarts allowed after retryable failures before Failed.")
+    active_deadline_seconds: int | None = Field(
+        None, ge=1, description="Fail the job (DeadlineExceeded) after running this long; suspended time not counted."
+    )
+    ttl_seconds_after_finished: int | None = Field(
+        None, ge=0, description="Delete the job this many seconds after it Succeeded or Failed."
+    )
+    clean_pod_policy: Literal["All", "Running", "None"] = Field(
+        "Running",
+        description="Pods deleted when the job finishes: All, only still Running ones, or None (keep for logs).",
+    )
+    suspend: bool = Field(False, description="true deletes the node pods and keeps the job (Suspended); false resumes.")
+    startup_timeout_seconds: int = Field(
+        300, ge=1, description="Report why (event and condition) when a node pod stays Pending longer than this."
+    )
+
+
+class SchedulingSpec(_Model):
+    """Where the node pods may run."""
+
+    scheduler_name: str | None = Field(None, description="Scheduler for the node pods (e.g. a gang scheduler).")
+    priority_class_name: str | None = Field(None, description="PriorityClass of the node pods.")
+    node_selector: dict[str, str] = Field(default_factory=dict, description="Node labels the pods require.")
+    tolerations: list[K8sObject] = Field(default_factory=list, description="Tolerations (core/v1 Toleration).")
+    affinity: K8sObject | None = Field(None, description="Affinity (core/v1 Affinity).")
+    queue_name: str | None = Field(
+        None, description="Kueue LocalQueue; sets the kueue.x-k8s.io/queue-name label on the job's pods."
+    )
+
+
+class PodTemplateSpec(_Model):
+    """Additions merged into every node pod last; operator-owned names are rejected."""
+
+    labels: dict[str, str] = Field(default_factory=dict, description="Extra pod labels (not llmtrain.dev/*).")
+    annotations: dict[str, str] = Field(default_factory=dict, description="Extra pod annotations.")
+    env: list[K8sObject] = Field(
+        default_factory=list, description="Extra environment variables (core/v1 EnvVar) for the trainer container."
+    )
+    volumes: list[K8sObject] = Field(default_factory=list, description="Extra volumes (core/v1 Volume).")
+    volume_mounts: list[K8sObject] = Field(
+        default_factory=list, description="Extra mounts (core/v1 VolumeMount) in the trainer container."
+    )
+    service_account_name: str | None = Field(None, description="ServiceAccount of the node pods.")
+
+
+_TP_DIVIDES_PROCS = {
+    "rule": "type(self.procsPerNode) != int || self.procsPerNode % self.parallelism.tensorParallel == 0",
+    "message": "parallelism.tensorParallel must divide procsPerNode",
+    "fieldPath": ".parallelism.tensorParallel",
+}
+_WARMUP_BELOW_STEPS = {
+    "rule": "self.schedule.warmupSteps == 0 || self.schedule.warmupSteps < self.training.steps",
+    "message": "schedule.warmupSteps must be smaller than training.steps",
+    "fieldPath": ".schedule.warmupSteps",
+}
+_PROCS_AUTO_OR_POSITIVE = {
+    "rule": "type(self) == int ? self >= 1 : self == 'auto'",
+    "message": "procsPerNode must be 'auto' or an integer >= 1",
+}
+
+
+class LLMTrainingJobSpec(_Model):
+    """Desired state of an LLMTrainingJob: one torchrun gang of `nodes` pods training one model."""
+
+    model_config = ConfigDict(json_schema_extra=_cel(_TP_DIVIDES_PROCS, _WARMUP_BELOW_STEPS))
+
+    image: str | None = Field(None, description="Trainer image; the operator's --trainer-image when unset.")
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = Field(
+        "IfNotPresent", description="Pull policy of the trainer image."
+    )
+    nodes: int = Field(1, ge=1, le=4096, description="Number of node pods (torchrun --nnodes).")
+    procs_per_node: int | Literal["auto"] = Field(
+        "auto",
+        description="Worker processes per pod (torchrun --nproc-per-node): an integer, or 'auto' = the pod's GPU "
+        "count (1 without GPUs).",
+        json_schema_extra={**INT_OR_STRING, **_cel(_PROCS_AUTO_OR_POSITIVE)},
+    )
+    resources: ResourceRequirements = Field(
+        default_factory=ResourceRequirements, description=ResourceRequirements.__doc__
+    )
+    model: ModelSpec = Field(description=ModelSpec.__doc__, json_schema_extra=IMMUTABLE)
+    data: DataSpec = Field(default_factory=DataSpec, description=DataSpec.__doc__)
+    parallelism: ParallelismSpec = Field(default_factory=ParallelismSpec, description=ParallelismSpec.__doc__)
+    precision: Literal["bf16", "fp16", "fp32"] = Field("bf16", description="Training precision (mixed for bf16/fp16).")
+    optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec, description=OptimizerSpec.__doc__)
+    schedule: ScheduleSpec = Field(default_factory=ScheduleSpec, description=ScheduleSpec.__doc__)
+    training: TrainingSpec = Field(description=TrainingSpec.__doc__)
+    checkpoint: CheckpointSpec | None = Field(None, description=CheckpointSpec.__doc__)
+    metrics: MetricsSpec = Field(default_factory=MetricsSpec, description=MetricsSpec.__doc__)
+    logging: LoggingSpec = Field(default_factory=LoggingSpec, description=LoggingSpec.__doc__)
+    run_policy: RunPolicy = Field(default_factory=RunPolicy, description=RunPolicy.__doc__)
+    scheduling: SchedulingSpec = Field(default_factory=SchedulingSpec, description=SchedulingSpec.__doc__)
+    pod_template: PodTemplateSpec = Field(default_factory=PodTemplateSpec, description=PodTemplateSpec.__doc__)
+
+
+Phase = Literal["Pending", "Running", "Restarting", "Succeeded", "Failed", "Suspended"]
+ConditionType = Literal["Created", "Running", "Restarting", "Succeeded", "Failed", "Suspended"]
+TERMINAL_PHASES = ("Succeeded", "Failed")
+
+
+class Condition(_Model):
+    """One observed aspect of the job, Kubernetes-style."""
+
+    type: ConditionType = Field(description="Created, Running, Restarting, Succeeded, Failed or Suspended.")
+    status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
+    reason: str = Field("", description="CamelCase machine-readable reason for the last transition.")
+    message: str = Field("", description="Human-readable detail.")
+    last_transition_time: str | None = Field(
+        None, description="When status last changed (RFC 3339).", json_schema_extra={"format": "date-time"}
+    )
+
+
+class Progress(_Model):
+    """Training progress read from rank 0's metrics endpoint."""
+
+    step: int | None = Field(None, description="Last completed optimizer step.")
+    total_steps: int | None = Field(None, description="Steps the run will take.")
+    loss: float | None = Field(None, description="Latest training loss.")
+    tokens_per_second: float | None = Field(None, description="Training throughput across the job.")
+    mfu: float | None = Field(None, description="Model FLOPs utilisation (0-1).")
+    eta: str | None = Field(None, description="Estimated time left, e.g. 1h02m03s.")
+    last_checkpoint_step: int | None = Field(None, description="Step of the newest complete checkpoint.")
+
+
+class LLMTrainingJobStatus(_Model):
+    """Observed state, written only by the operator."""
+
+    phase: Phase | None = Field(None, description="Pending, Running, Restarting, Succeeded, Failed or Suspended.")
+    conditions: list[Condition] = Field(
+        default_factory=list,
+        description="Latest observations of the job's state.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+    )
+    active: int = Field(0, description="Node pods of the current attempt not yet finished.")
+    ready: int = Field(0, description="Node pods with the Ready condition.")
+    succeeded: int = Field(0, description="Node pods of the current attempt that succeeded.")
+    failed: int = Field(0, description="Node pods of the current attempt that failed.")
+    restarts: int = Field(0, description="Gang restarts so far (also the attempt number of the current pods).")
+    start_time: str | None = Field(
+        None,
+        description="When the current run of pods was started (RFC 3339).",
+        json_schema_extra={"format": "date-time"},
+    )
+    completion_time: str | None = Field(
+        None, description="When the job Succeeded or Failed (RFC 3339).", json_schema_extra={"format": "date-time"}
+    )
+    observed_generation: int | None = Field(None, description="metadata.generation the status was computed from.")
+    progress: Progress | None = Field(None, description=Progress.__doc__)
+
+
+class LLMTrainingJob(_Model):
+    """A distributed LLM training run: a torchrun gang of node pods, restarted as a whole on failure."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    spec: LLMTrainingJobSpec = Field(description=LLMTrainingJobSpec.__doc__)
+    status: LLMTrainingJobStatus | None = Field(None, description=LLMTrainingJobStatus.__doc__)

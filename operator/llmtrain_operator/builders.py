@@ -1,0 +1,253 @@
+"""Pure functions from a job to the manifests of its children: ConfigMap, headless Service, node pods.
+
+Names are deterministic (`<job>-config`, `<job>`, `<job>-node-<i>`) so a restarted operator that creates "again"
+gets AlreadyExists instead of duplicates. Every child carries a controller owner reference, so deleting the job
+garbage-collects them.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from .api import LLMTrainingJobSpec
+from .constants import (
+    API_VERSION,
+    CHECKPOINT_DIR,
+    CONFIG_DIR,
+    CONFIG_FILE,
+    KIND,
+    LABEL_ATTEMPT,
+    LABEL_JOB,
+    LABEL_KUEUE_QUEUE,
+    LABEL_MANAGED_BY,
+    LABEL_RANK,
+    MANAGER,
+    RDZV_PORT,
+    RUN_AS_USER,
+    TERMINATION_LOG,
+    VOLUME_CHECKPOINTS,
+    VOLUME_CONFIG,
+    VOLUME_SHM,
+    config_map_name,
+    pod_name,
+    service_name,
+)
+from .trainer_config import render_trainer_config
+from .validate import gpu_count, pod_template_conflicts, procs_per_node
+
+
+class SpecError(ValueError):
+    """The spec asks for something the builders refuse (validate.py reports the same errors first)."""
+
+
+@dataclass(frozen=True)
+class JobRef:
+    """Identity of the job the children belong to."""
+
+    name: str
+    namespace: str
+    uid: str
+
+
+def owner_reference(job: JobRef) -> dict[str, Any]:
+    return {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "name": job.name,
+        "uid": job.uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def job_labels(job: JobRef) -> dict[str, str]:
+    return {LABEL_JOB: job.name, LABEL_MANAGED_BY: MANAGER}
+
+
+def _metadata(job: JobRef, name: str, labels: dict[str, str] | None = None) -> dict[str, Any]:
+    return {
+        "name": name,
+        "namespace": job.namespace,
+        "labels": labels or job_labels(job),
+        "ownerReferences": [owner_reference(job)],
+    }
+
+
+def build_config_map(job: JobRef, spec: LLMTrainingJobSpec) -> dict[str, Any]:
+    """The trainer config (TrainerConfig JSON) the pods mount at /etc/llmtrain/config.json."""
+    config = render_trainer_config(job.name, spec)
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _metadata(job, config_map_name(job.name)),
+        "data": {CONFIG_FILE: json.dumps(config, indent=2, sort_keys=True)},
+    }
+
+
+def build_service(job: JobRef, spec: LLMTrainingJobSpec) -> dict[str, Any]:
+    """Headless Service: gives each pod the DNS name <pod>.<job> before it is ready, for rendezvous."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(job, service_name(job.name)),
+        "spec": {
+            "clusterIP": "None",
+            "publishNotReadyAddresses": True,
+            "selector": {LABEL_JOB: job.name},
+            "ports": [
+                {"name": "rdzv", "port": RDZV_PORT, "targetPort": RDZV_PORT, "protocol": "TCP"},
+                {"name": "metrics", "port": spec.metrics.port, "targetPort": spec.metrics.port, "protocol": "TCP"},
+            ],
+        },
+    }
+
+
+def master_addr(job: JobRef) -> str:
+    return f"{pod_name(job.name, 0)}.{service_name(job.name)}"
+
+
+def torchrun_command(job: JobRef, spec: LLMTrainingJobSpec, rank: int) -> list[str]:
+    """The explicit launcher command (the process kubelet and real images both need one)."""
+    return [
+        "torchrun",
+        f"--nnodes={spec.nodes}",
+        f"--nproc-per-node={procs_per_node(spec)}",
+        f"--node-rank={rank}",
+        "--rdzv-backend=c10d",
+        f"--rdzv-endpoint={master_addr(job)}:{RDZV_PORT}",
+        f"--rdzv-id={job.uid}",
+        "-m",
+        "llmtrain_trainer",
+        "--config",
+        f"{CONFIG_DIR}/{CONFIG_FILE}",
+    ]
+
+
+def _env(job: JobRef, spec: LLMTrainingJobSpec, rank: int, attempt: int) -> list[dict[str, Any]]:
+    procs = procs_per_node(spec)
+    plain = {
+        "PET_NNODES": spec.nodes,
+        "PET_NPROC_PER_NODE": procs,
+        "PET_NODE_RANK": rank,
+        "NODE_RANK": rank,
+        "MASTER_ADDR": master_addr(job),
+        "MASTER_PORT": RDZV_PORT,
+        "WORLD_SIZE": spec.nodes * procs,
+        "LLMTRAIN_JOB_NAME": job.name,
+        "LLMTRAIN_BACKEND": "nccl" if gpu_count(spec) else "gloo",
+        "LLMTRAIN_RESTART_ATTEMPT": attempt,
+        "LLMTRAIN_TERMINATION_LOG": TERMINATION_LOG,
+    }
+    env: list[dict[str, Any]] = [{"name": k, "value": str(v)} for k, v in plain.items()]
+    env.append({"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}})
+    return env
+
+
+def _resources(spec: LLMTrainingJobSpec) -> dict[str, Any]:
+    requests = {k: str(v) for k, v in spec.resources.requests.items()}
+    limits = {k: str(v) for k, v in spec.resources.limits.items()}
+    out: dict[str, Any] = {}
+    if requests:
+        out["requests"] = requests
+    if limits:
+        out["limits"] = limits
+    return out
+
+
+def _checkpoint_volume(spec: LLMTrainingJobSpec) -> dict[str, Any] | None:
+    ckpt = spec.checkpoint
+    if ckpt is None:
+        return None
+    if ckpt.claim_name:
+        return {"name": VOLUME_CHECKPOINTS, "persistentVolumeClaim": {"claimName": ckpt.claim_name}}
+    return {"name": VOLUME_CHECKPOINTS, **(ckpt.volume or {})}
+
+
+def build_pod(
+    job: JobRef,
+    spec: LLMTrainingJobSpec,
+    rank: int,
+    attempt: int,
+    default_image: str,
+    command: list[str] | None = None,
+) -> dict[str, Any]:
+    """Node pod `rank` of restart `attempt`. `command` replaces torchrun only for the operator's test hook."""
+    conflicts = pod_template_conflicts(spec)
+    if conflicts:
+        raise SpecError("; ".join(str(e) for e in conflicts))
+    tpl, sched = spec.pod_template, spec.scheduling
+    name = pod_name(job.name, rank)
+
+    labels = {**tpl.labels, **job_labels(job), LABEL_RANK: str(rank), LABEL_ATTEMPT: str(attempt)}
+    if sched.queue_name:
+        labels[LABEL_KUEUE_QUEUE] = sched.queue_name
+    metadata = _metadata(job, name, labels)
+    if tpl.annotations:
+        metadata["annotations"] = dict(tpl.annotations)
+
+    volumes: list[dict[str, Any]] = [
+        {"name": VOLUME_CONFIG, "configMap": {"name": config_map_name(job.name)}},
+        {"name": VOLUME_SHM, "emptyDir": {"medium": "Memory"}},
+    ]
+    mounts: list[dict[str, Any]] = [
+        {"name": VOLUME_CONFIG, "mountPath": CONFIG_DIR, "readOnly": True},
+        {"name": VOLUME_SHM, "mountPath": "/dev/shm"},
+    ]
+    ckpt_volume = _checkpoint_volume(spec)
+    if ckpt_volume is not None:
+        volumes.append(ckpt_volume)
+        mounts.append({"name": VOLUME_CHECKPOINTS, "mountPath": CHECKPOINT_DIR})
+    volumes += [dict(v) for v in tpl.volumes]
+    mounts += [dict(m) for m in tpl.volume_mounts]
+
+    container: dict[str, Any] = {
+        "name": "trainer",
+        "image": spec.image or default_image,
+        "imagePullPolicy": spec.image_pull_policy,
+        "command": command or torchrun_command(job, spec, rank),
+        "env": _env(job, spec, rank, attempt) + [dict(e) for e in tpl.env],
+        "ports": [
+            {"name": "rdzv", "containerPort": RDZV_PORT, "protocol": "TCP"},
+            {"name": "metrics", "containerPort": spec.metrics.port, "protocol": "TCP"},
+        ],
+        "resources": _resources(spec),
+        "volumeMounts": mounts,
+        "terminationMessagePath": TERMINATION_LOG,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]},
+            "runAsNonRoot": True,
+            "runAsUser": RUN_AS_USER,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+    }
+    pod_spec: dict[str, Any] = {
+        "hostname": name,
+        "subdomain": service_name(job.name),
+        "restartPolicy": "Never",
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "terminationGracePeriodSeconds": 60,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": RUN_AS_USER,
+            "runAsGroup": RUN_AS_USER,
+            "fsGroup": RUN_AS_USER,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [container],
+        "volumes": volumes,
+    }
+    optional = {
+        "serviceAccountName": tpl.service_account_name,
+        "schedulerName": sched.scheduler_name,
+        "priorityClassName": sched.priority_class_name,
+        "nodeSelector": dict(sched.node_selector) or None,
+        "tolerations": [dict(t) for t in sched.tolerations] or None,
+        "affinity": sched.affinity,
+    }
+    pod_spec.update({k: v for k, v in optional.items() if v})
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": pod_spec}

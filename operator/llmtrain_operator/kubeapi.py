@@ -1,0 +1,140 @@
+"""A small asyncio Kubernetes API client on aiohttp, authenticated like kopf (kopf.ConnectionInfo).
+
+The operator needs a handful of verbs on a handful of paths; talking JSON directly keeps manifests as plain dicts
+(exactly what builders.py produces) and lets every write be counted for the scale benchmark.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import kopf
+
+from .constants import GROUP, PLURAL, VERSION
+from .metrics import API_REQUESTS
+
+log = logging.getLogger(__name__)
+
+_PATHS = {
+    "Pod": "/api/v1/namespaces/{ns}/pods",
+    "Service": "/api/v1/namespaces/{ns}/services",
+    "ConfigMap": "/api/v1/namespaces/{ns}/configmaps",
+    "Event": "/api/v1/namespaces/{ns}/events",
+    "LLMTrainingJob": f"/apis/{GROUP}/{VERSION}/namespaces/{{ns}}/{PLURAL}",
+}
+
+
+def resource_of(path: str) -> str:
+    """'/api/v1/namespaces/ns/pods/x' -> 'pods'; '.../llmtrainingjobs/x/status' -> 'llmtrainingjobs/status'."""
+    parts = path.split("?")[0].strip("/").split("/")
+    if "namespaces" in parts:
+        rest = parts[parts.index("namespaces") + 2 :]
+        if rest:
+            return rest[0] + ("/" + rest[2] if len(rest) > 2 else "")
+    return parts[-1]
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, body: Any, what: str) -> None:
+        super().__init__(f"{what}: HTTP {status}: {body.get('message') if isinstance(body, dict) else body}")
+        self.status = status
+        self.body = body
+
+
+@dataclass
+class KubeClient:
+    info: kopf.ConnectionInfo
+    timeout: float = 30.0
+    _session: aiohttp.ClientSession | None = None
+
+    def _ensure(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=32, ssl=self.info.as_ssl_context()),
+                headers={**self.info.as_http_headers(), "User-Agent": "llmtrain-operator"},
+                timeout=aiohttp.ClientTimeout(total=self.timeout),
+            )
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    async def request(
+        self, method: str, path: str, body: Any = None, content_type: str = "application/json"
+    ) -> tuple[int, Any]:
+        session = self._ensure()
+        data = None if body is None else json.dumps(body)
+        headers = {"Content-Type": content_type} if body is not None else {}
+        async with session.request(method, self.info.server.rstrip("/") + path, data=data, headers=headers) as resp:
+            text = await resp.text()
+            API_REQUESTS.labels(method, resource_of(path), str(resp.status)).inc()
+            try:
+                payload = json.loads(text) if text else None
+            except json.JSONDecodeError:
+                payload = text
+            return resp.status, payload
+
+    @staticmethod
+    def path(kind: str, namespace: str, name: str | None = None) -> str:
+        base = _PATHS[kind].format(ns=namespace)
+        return f"{base}/{name}" if name else base
+
+    async def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        status, body = await self.request("GET", self.path(kind, namespace, name))
+        if status == 404:
+            return None
+        if status >= 300:
+            raise ApiError(status, body, f"get {kind} {namespace}/{name}")
+        return body
+
+    async def create(self, manifest: dict[str, Any]) -> bool:
+        """Create; False if it already exists (deterministic names make that the idempotent outcome)."""
+        meta = manifest["metadata"]
+        status, body = await self.request("POST", self.path(manifest["kind"], meta["namespace"]), manifest)
+        if status == 409:
+            return False
+        if status >= 300:
+            raise ApiError(status, body, f"create {manifest['kind']} {meta['namespace']}/{meta.get('name')}")
+        return True
+
+    async def delete(self, kind: str, namespace: str, name: str, propagation: str = "Background") -> bool:
+        """Delete; False if it was already gone."""
+        options = {"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": propagation}
+        status, body = await self.request("DELETE", self.path(kind, namespace, name), options)
+        if status == 404:
+            return False
+        if status >= 300:
+            raise ApiError(status, body, f"delete {kind} {namespace}/{name}")
+        return True
+
+    async def patch_job_status(
+        self, namespace: str, name: str, patch: dict[str, Any], resource_version: str | None
+    ) -> dict[str, Any] | None:
+        """Merge-patch status, conditional on resourceVersion (409 -> None: someone wrote first, reconcile again)."""
+        body: dict[str, Any] = {"status": patch}
+        if resource_version:
+            body["metadata"] = {"resourceVersion": resource_version}
+        path = self.path("LLMTrainingJob", namespace, name) + "/status"
+        status, result = await self.request("PATCH", path, body, "application/merge-patch+json")
+        if status in (404, 409):
+            return None
+        if status >= 300:
+            raise ApiError(status, result, f"patch status of {namespace}/{name}")
+        return result
+
+
+async def gather_limited(coros: list[Any], limit: int = 16) -> list[Any]:
+    """Run coroutines concurrently, at most `limit` at a time; exceptions are returned, not raised."""
+    sem = asyncio.Semaphore(limit)
+
+    async def one(c: Any) -> Any:
+        async with sem:
+            return await c
+
+    return await asyncio.gather(*(one(c) for c in coros), return_exceptions=True)

@@ -1,0 +1,30 @@
+"""The operator's own Prometheus metrics (prefix llmtrain_operator_), served on --metrics-port /metrics."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+JOBS = Gauge("llmtrain_operator_jobs", "LLMTrainingJobs known to this operator, by phase.", ["phase"])
+TRANSITIONS = Counter("llmtrain_operator_phase_transitions_total", "Job phase transitions.", ["from_phase", "to_phase"])
+PODS_CREATED = Counter("llmtrain_operator_pods_created_total", "Node pods created.")
+PODS_DELETED = Counter("llmtrain_operator_pods_deleted_total", "Node pods deleted.")
+GANG_RESTARTS = Counter("llmtrain_operator_gang_restarts_total", "Gang restarts after retryable failures.")
+RECONCILE_SECONDS = Histogram(
+    "llmtrain_operator_reconcile_duration_seconds",
+    "Time to reconcile one job (read, decide, apply).",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+RECONCILE_ERRORS = Counter("llmtrain_operator_reconcile_errors_total", "Reconciles that raised an error.")
+API_REQUESTS = Counter(
+    "llmtrain_operator_api_requests_total",
+    "Kubernetes API requests made by the operator (kopf's own watches not included).",
+    ["verb", "resource", "code"],
+)
+
+PHASES = ("Pending", "Running", "Restarting", "Succeeded", "Failed", "Suspended")
+
+
+def publish_phases(phases: dict[object, str]) -> None:
+    """Set the jobs-by-phase gauge from the operator's current view (every phase, so zeroes show)."""
+    for phase in PHASES:
+        JOBS.labels(phase).set(sum(1 for p in phases.values() if p == phase))

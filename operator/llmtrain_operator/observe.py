@@ -1,0 +1,142 @@
+"""What the operator needs to know about a node pod, extracted from its manifest by pure functions.
+
+The handlers keep one PodView per pod in a kopf index (small, and the reconcile input); `classify_failure` decides
+whether a failed pod is worth a gang restart, following the trainer's exit-code contract (exit_codes.py).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal
+
+from .constants import LABEL_ATTEMPT, LABEL_RANK
+
+EXIT_BAD_CONFIG = 78
+EXIT_DIVERGED = 79
+PERMANENT_EXIT_CODES = {EXIT_BAD_CONFIG: "InvalidConfig", EXIT_DIVERGED: "Diverged"}
+# Pod-level reasons for a pod that failed through no fault of its own: restart the gang elsewhere.
+DISRUPTION_REASONS = {"Evicted", "NodeLost", "Preempting", "Shutdown", "Terminated", "NodeShutdown", "OutOfpods"}
+
+
+@dataclass(frozen=True)
+class PodView:
+    name: str
+    rank: int
+    attempt: int
+    phase: str  # Pending, Running, Succeeded, Failed, Unknown
+    terminating: bool = False
+    ready: bool = False
+    created: datetime | None = None
+    ip: str | None = None
+    reason: str | None = None  # pod.status.reason, e.g. Evicted
+    message: str | None = None
+    exit_code: int | None = None
+    termination_message: str | None = None
+    waiting_reason: str | None = None  # e.g. ImagePullBackOff
+    waiting_message: str | None = None
+    unschedulable: str | None = None  # PodScheduled=False message
+    disrupted: bool = False  # DisruptionTarget condition (eviction, preemption, node drain)
+
+    @property
+    def finished(self) -> bool:
+        return self.phase in ("Succeeded", "Failed")
+
+
+def parse_time(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+def pod_view(body: dict[str, Any]) -> PodView:
+    """Summarise a pod manifest (as served by the API) into a PodView."""
+    meta, status = body.get("metadata", {}), body.get("status") or {}
+    labels = meta.get("labels") or {}
+    conditions = {c.get("type"): c for c in status.get("conditions") or []}
+    scheduled = conditions.get("PodScheduled", {})
+    container = next(iter(status.get("containerStatuses") or []), {})
+    state = container.get("state") or {}
+    terminated = state.get("terminated") or (container.get("lastState") or {}).get("terminated") or {}
+    waiting = state.get("waiting") or {}
+    return PodView(
+        name=meta.get("name", ""),
+        rank=_int(labels.get(LABEL_RANK), -1),
+        attempt=_int(labels.get(LABEL_ATTEMPT), 0),
+        phase=status.get("phase") or "Pending",
+        terminating=bool(meta.get("deletionTimestamp")),
+        ready=conditions.get("Ready", {}).get("status") == "True",
+        created=parse_time(meta.get("creationTimestamp")),
+        ip=status.get("podIP"),
+        reason=status.get("reason"),
+        message=status.get("message"),
+        exit_code=terminated.get("exitCode"),
+        termination_message=terminated.get("message"),
+        waiting_reason=waiting.get("reason"),
+        waiting_message=waiting.get("message"),
+        unschedulable=scheduled.get("message") if scheduled.get("status") == "False" else None,
+        disrupted=conditions.get("DisruptionTarget", {}).get("status") == "True",
+    )
+
+
+def _int(value: Any, default: int) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return default
+
+
+@dataclass(frozen=True)
+class Failure:
+    kind: Literal["permanent", "retryable"]
+    reason: str  # InvalidConfig, Diverged, Evicted, NodeLost, PodFailed, ...
+    message: str
+
+
+def trainer_report(message: str | None) -> dict[str, Any] | None:
+    """The trainer's JSON termination line ({"llmtrain": true, "exitCode": 78, ...}), if the message holds one."""
+    for line in (message or "").splitlines():
+        line = line.strip()
+        if not line.startswith("{"):
+            continue
+        try:
+            data = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(data, dict) and data.get("llmtrain") is True:
+            return data
+    return None
+
+
+def classify_failure(pod: PodView) -> Failure:
+    """Why a pod of the current attempt is not going to finish, and whether restarting the gang can help."""
+    where = f"node {pod.rank} ({pod.name})"
+    if pod.phase == "Unknown":
+        return Failure("retryable", "NodeLost", f"{where}: lost contact with its node")
+    if pod.disrupted or (pod.reason in DISRUPTION_REASONS):
+        reason = pod.reason or "Disrupted"
+        return Failure("retryable", reason, f"{where}: {reason}: {pod.message or 'disrupted'}")
+    report = trainer_report(pod.termination_message)
+    if report is not None:
+        code = report.get("exitCode")
+        reason = str(report.get("reason") or PERMANENT_EXIT_CODES.get(code, "Error"))
+        text = f"{where} exited {code}: {reason}: {report.get('message', '')}".rstrip(": ")
+        if code in PERMANENT_EXIT_CODES or reason in PERMANENT_EXIT_CODES.values():
+            return Failure("permanent", PERMANENT_EXIT_CODES.get(code, reason), text)
+        return Failure("retryable", "PodFailed", text)
+    if pod.exit_code in PERMANENT_EXIT_CODES:
+        reason = PERMANENT_EXIT_CODES[pod.exit_code]
+        tail = (pod.termination_message or "").strip().splitlines()[-1:] or [""]
+        return Failure("permanent", reason, f"{where} exited {pod.exit_code} ({reason}) {tail[0]}".strip())
+    return Failure("retryable", "PodFailed", f"{where} failed with exit code {pod.exit_code}")
+
+
+def pending_reason(pod: PodView) -> tuple[str, str]:
+    """Why a pod is still Pending, from its scheduling condition or its container's waiting state."""
+    if pod.unschedulable:
+        return "Unschedulable", f"{pod.name}: {pod.unschedulable}"
+    if pod.waiting_reason:
+        detail = f": {pod.waiting_message}" if pod.waiting_message else ""
+        return pod.waiting_reason, f"{pod.name}: {pod.waiting_reason}{detail}"
+    return "StartupTimeout", f"{pod.name}: still Pending"

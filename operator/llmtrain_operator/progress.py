@@ -1,0 +1,72 @@
+"""Training progress from rank 0's Prometheus text (metric names are the trainer's contract, see the brief).
+
+Parsing is pure (`parse_progress`); `fetch_progress` does the HTTP read and treats an unreachable endpoint as
+"no news", never as an error: the trainer only serves metrics once it is up.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import urllib.error
+import urllib.request
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from .api import Progress
+
+log = logging.getLogger(__name__)
+
+
+def _fmt_duration(seconds: float) -> str:
+    seconds = round(seconds)
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}h{m:02d}m{s:02d}s" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
+
+
+def parse_progress(text: str) -> Progress | None:
+    """Progress from an exposition text; None if it holds no llmtrain_step."""
+    values: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name.startswith("llmtrain_") and not sample.labels.get("kind"):
+                values.setdefault(sample.name, sample.value)
+    if "llmtrain_step" not in values:
+        return None
+
+    def num(name: str) -> float | None:
+        v = values.get(name)
+        return None if v is None or math.isnan(v) or math.isinf(v) else v
+
+    step, total = num("llmtrain_step"), num("llmtrain_total_steps")
+    eta = None
+    count, seconds = num("llmtrain_step_seconds_count"), num("llmtrain_step_seconds_sum")
+    if step is not None and total is not None and count and seconds is not None:
+        eta = _fmt_duration(max(total - step, 0) * seconds / count)
+    last_ckpt = num("llmtrain_last_checkpoint_step")
+    return Progress(
+        step=int(step) if step is not None else None,
+        total_steps=int(total) if total is not None else None,
+        loss=num("llmtrain_loss"),
+        tokens_per_second=num("llmtrain_tokens_per_second"),
+        mfu=num("llmtrain_mfu"),
+        eta=eta,
+        last_checkpoint_step=int(last_ckpt) if last_ckpt is not None and last_ckpt >= 0 else None,
+    )
+
+
+def fetch_progress(ip: str, port: int, timeout: float = 2.0) -> Progress | None:
+    """GET http://<ip>:<port>/metrics and parse it; None when unreachable or not (yet) training."""
+    url = f"http://{ip}:{port}/metrics"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            text = resp.read().decode("utf-8", "replace")
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        log.debug("metrics endpoint %s unreachable: %s", url, e)
+        return None
+    try:
+        return parse_progress(text)
+    except ValueError as e:
+        log.debug("metrics endpoint %s served unparsable text: %s", url, e)
+        return None

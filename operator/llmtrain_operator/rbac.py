@@ -1,0 +1,29 @@
+"""What the operator may do in the cluster, as data: the Helm chart's ClusterRole is tested against RULES.
+
+Each rule is (apiGroups, resources, verbs) in the shape of a Kubernetes PolicyRule.
+"""
+
+from __future__ import annotations
+
+from .constants import GROUP, PLURAL
+
+RULES: list[dict[str, list[str]]] = [
+    # The custom resource: watched, read, deleted when ttlSecondsAfterFinished expires; status written.
+    {"apiGroups": [GROUP], "resources": [PLURAL], "verbs": ["get", "list", "watch", "delete"]},
+    {"apiGroups": [GROUP], "resources": [f"{PLURAL}/status"], "verbs": ["get", "patch", "update"]},
+    # Children.
+    {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch", "create", "delete"]},
+    {"apiGroups": [""], "resources": ["services", "configmaps"], "verbs": ["get", "create", "delete"]},
+    # Events for every transition (kopf posts its own errors too).
+    {"apiGroups": ["", "events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
+    # kopf: discovers CRDs and, when cluster-wide, namespaces.
+    {"apiGroups": ["apiextensions.k8s.io"], "resources": ["customresourcedefinitions"], "verbs": ["list", "watch"]},
+    {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["list", "watch"]},
+]
+
+
+def allows(api_group: str, resource: str, verb: str, rules: list[dict[str, list[str]]] | None = None) -> bool:
+    """Whether `rules` (default: RULES) grant verb on group/resource."""
+    return any(
+        api_group in r["apiGroups"] and resource in r["resources"] and verb in r["verbs"] for r in rules or RULES
+    )

@@ -1,0 +1,63 @@
+"""The generated CRD on a real API server: invalid jobs are rejected with a message naming the field."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from testbed.testing import Cluster
+
+from .kube import CRD, Kube, job_manifest
+
+
+@pytest.fixture(scope="module")
+def crd(cluster: Cluster) -> None:
+    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
+    cluster.kubectl("wait", "--for=condition=Established", "crd/llmtrainingjobs.llmtrain.dev", "--timeout=60s")
+
+
+def _with(**spec) -> dict:
+    manifest = job_manifest("invalid", snippet=None)
+    manifest["spec"].update(spec)
+    return manifest
+
+
+INVALID = [
+    (_with(nodes=0), "spec.nodes"),
+    (_with(procsPerNode="many"), "procsPerNode"),
+    (_with(procsPerNode=3, parallelism={"tensorParallel": 2}), "spec.parallelism.tensorParallel"),
+    (_with(schedule={"warmupSteps": 10}, training={"steps": 10, "globalBatchSize": 2}), "spec.schedule.warmupSteps"),
+    (_with(model={"dim": 64}), "spec.model"),
+    (_with(model={"dim": 64, "layers": 2, "heads": 6, "kvHeads": 4}), "spec.model.kvHeads"),
+    (_with(precision="int4"), "spec.precision"),
+    (_with(checkpoint={"claimName": "a", "volume": {"emptyDir": {}}}), "spec.checkpoint"),
+    (_with(optimizer={"lr": 0}), "spec.optimizer.lr"),
+    (_with(training={"steps": 10}), "spec.training.globalBatchSize"),
+]
+
+
+@pytest.mark.parametrize(("manifest", "field"), INVALID, ids=[f for _, f in INVALID])
+def test_api_server_rejects_invalid_job_naming_the_field(cluster: Cluster, namespace: str, crd: None, manifest, field):
+    result = Kube(cluster, namespace).create(manifest, check=False)
+    assert result.returncode != 0, f"accepted an invalid job ({field})"
+    assert field in result.stderr, result.stderr
+
+
+def test_valid_job_is_accepted_with_defaults_filled_in(cluster: Cluster, namespace: str, crd: None):
+    kube = Kube(cluster, namespace)
+    kube.create(job_manifest("defaults", snippet=None))
+    spec = kube.job("defaults")["spec"]
+    assert spec["runPolicy"]["backoffLimit"] == 3 and spec["runPolicy"]["cleanPodPolicy"] == "Running"
+    assert spec["parallelism"] == {"dataParallel": "fsdp", "sharding": "zero3", "tensorParallel": 1}
+    assert spec["metrics"]["port"] == 9090 and spec["imagePullPolicy"] == "IfNotPresent"
+
+
+@pytest.mark.parametrize("section", ["model", "parallelism"])
+def test_model_and_parallelism_are_immutable(cluster: Cluster, namespace: str, crd: None, section: str):
+    kube = Kube(cluster, namespace)
+    kube.create(job_manifest("frozen", snippet=None))
+    change = {"model": {"preset": "gpt2-124m"}, "parallelism": {"dataParallel": "ddp"}}[section]
+    patch = json.dumps({"spec": {section: change}})
+    result = cluster.kubectl("patch", "ltj", "frozen", "-n", namespace, "--type=merge", "-p", patch, check=False)
+    assert result.returncode != 0 and f"spec.{section}" in result.stderr and "immutable" in result.stderr
+    kube.merge_patch("ltj", "frozen", {"spec": {"runPolicy": {"suspend": True}}})  # other fields stay editable

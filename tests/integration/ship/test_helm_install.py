@@ -1,0 +1,128 @@
+"""`helm install` of the chart on a real cluster: the operator starts as its ServiceAccount in a namespace that
+enforces the "restricted" profile, answers /healthz and /metrics, and reconciles a job; bad values are refused.
+
+The release watches only its own namespace, so it cannot interfere with other tests' operators.
+"""
+
+from __future__ import annotations
+
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes import client
+from testbed.testing import fresh_namespace, wait_for
+
+from .chart_on_cluster import CHART, REPO, RESTRICTED_LABEL, unique
+
+INSTALL_TIMEOUT_S = 240
+
+
+@pytest.fixture(scope="module")
+def release(cluster: Any, llmtrain_crd: str) -> Iterator[tuple[str, str]]:
+    """(release, namespace) of an installed chart; uninstalled afterwards."""
+    with fresh_namespace(cluster, "ship-helm-install") as namespace:
+        cluster.kubectl("label", "namespace", namespace, RESTRICTED_LABEL, "--overwrite")
+        name = unique("llmtrain")
+        cluster.helm(
+            "install",
+            name,
+            str(CHART),
+            "--namespace",
+            namespace,
+            "--skip-crds",
+            "--set",
+            f"watchNamespaces={{{namespace}}}",
+            "--set",
+            "resyncSeconds=2",
+            "--wait",
+            "--timeout",
+            f"{INSTALL_TIMEOUT_S}s",
+            timeout=INSTALL_TIMEOUT_S + 30,
+        )
+        try:
+            yield name, namespace
+        finally:
+            cluster.helm("uninstall", name, "--namespace", namespace, "--wait", "--timeout", "60s", check=False)
+
+
+def _operator_pod(cluster: Any, release: str, namespace: str) -> client.V1Pod:
+    pods = (
+        client.CoreV1Api(cluster.api_client)
+        .list_namespaced_pod(namespace, label_selector=f"app.kubernetes.io/instance={release}")
+        .items
+    )
+    running = [p for p in pods if p.status.phase == "Running" and p.metadata.deletion_timestamp is None]
+    assert len(running) == 1, [(p.metadata.name, p.status.phase) for p in pods]
+    return running[0]
+
+
+def _get(url: str) -> tuple[int, str]:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return response.status, response.read().decode()
+
+
+def test_installed_operator_runs_as_the_charts_service_account(cluster, release):
+    name, namespace = release
+    pod = _operator_pod(cluster, name, namespace)
+    assert pod.spec.service_account_name == f"{name}-llmtrain-operator"
+    (container,) = pod.spec.containers
+    assert container.command == ["llmtrain-operator"]
+    assert f"--namespace={namespace}" in container.args
+    assert all(s.ready for s in pod.status.container_statuses)
+
+
+def test_installed_operator_answers_healthz_and_metrics(cluster, release):
+    if not cluster.is_testbed:
+        pytest.skip("pod IPs are reachable from the host only on the test bed; kind runs `helm test` instead")
+    pod = _operator_pod(cluster, *release)
+    status, _ = wait_for(
+        lambda: _get(f"http://{pod.status.pod_ip}:8081/healthz"),
+        timeout=60,
+        what="the operator's /healthz",
+        ignoring=(OSError,),
+    )
+    assert status == 200
+    status, body = _get(f"http://{pod.status.pod_ip}:8080/metrics")
+    assert status == 200 and "llmtrain_operator_" in body
+
+
+def test_installed_operator_reconciles_a_job_in_its_namespace(cluster, release):
+    name, namespace = release
+    job = yaml.safe_load((REPO / "examples" / "tiny-cpu.yaml").read_text())
+    job["metadata"]["name"] = "held"
+    job["spec"]["runPolicy"]["suspend"] = True  # reconciled without running any training
+    cluster.kubectl("apply", "--namespace", namespace, "-f", "-", input=yaml.safe_dump(job))
+    objects = client.CustomObjectsApi(cluster.api_client)
+
+    def phase() -> str | None:
+        got = objects.get_namespaced_custom_object("llmtrain.dev", "v1alpha1", namespace, "llmtrainingjobs", "held")
+        return (got.get("status") or {}).get("phase")
+
+    assert wait_for(lambda: phase() == "Suspended", timeout=90, what="the job to be Suspended")
+    if cluster.is_testbed:
+        pod = _operator_pod(cluster, name, namespace)
+        _, metrics = _get(f"http://{pod.status.pod_ip}:8080/metrics")
+        assert 'llmtrain_operator_jobs{phase="Suspended"} 1.0' in metrics, "this release's operator saw the job"
+
+
+@pytest.mark.parametrize(
+    ("flags", "named"),
+    [
+        (["--set", "replicaCount=2"], "replicaCount"),
+        (["--set", "watchNamespaces={Team_A}"], "watchNamespaces"),
+        (["--set", "securityContext.runAsNonroot=true"], "runAsNonroot"),
+    ],
+    ids=["unknown-key", "invalid-namespace-name", "misspelt-security-field"],
+)
+def test_helm_install_rejects_values_that_break_the_schema_naming_the_value(
+    cluster, llmtrain_crd, namespace, flags, named
+):
+    name = unique("bad")
+    result = cluster.helm("install", name, str(CHART), "--namespace", namespace, "--skip-crds", *flags, check=False)
+    assert result.returncode != 0
+    assert "values don't meet the specifications of the schema" in result.stderr
+    assert named in result.stderr, result.stderr
+    assert cluster.helm("status", name, "--namespace", namespace, check=False).returncode != 0, "nothing installed"

@@ -1,0 +1,42 @@
+"""Session fixtures: each layout is trained once and several tests assert on the same run."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+from trainer_runs import CHECKPOINT_INTERVAL, LAYOUTS, RESUME_LAYOUT, Run, layout_config, run_trainer
+
+
+@pytest.fixture(scope="session")
+def layout_runs(tmp_path_factory) -> dict[str, Run]:
+    """Every layout trained once on the same global batches and seed (fp32): the suite's shared evidence."""
+    root = tmp_path_factory.mktemp("layouts")
+    runs = {}
+    for name, (nproc, _) in LAYOUTS.items():
+        ckpt = root / name / "checkpoints" if name == RESUME_LAYOUT else None
+        runs[name] = run_trainer(layout_config(name, ckpt), root / name, nproc=nproc)
+    return runs
+
+
+@pytest.fixture(scope="session")
+def resumed_run(layout_runs, tmp_path_factory) -> Run:
+    """The resume layout restarted from its mid-run checkpoint, next to a half-written and an unmarked newer one."""
+    source = layout_runs[RESUME_LAYOUT]
+    assert source.returncode == 0, source.explain()
+    workdir = tmp_path_factory.mktemp("resumed")
+    ckpt = workdir / "checkpoints"
+    ckpt.mkdir()
+    middle = f"step-{CHECKPOINT_INTERVAL:08d}"
+    shutil.copytree(source.workdir / "checkpoints" / middle, ckpt / middle)
+    # newer but not complete: a save interrupted before its rename, and one whose marker was never written
+    later = CHECKPOINT_INTERVAL + 2
+    half = ckpt / f"step-{later:08d}.tmp"
+    half.mkdir()
+    (half / ".metadata").write_bytes(b"half-written garbage")
+    (half / ".complete").write_text("{}")
+    unmarked = ckpt / f"step-{later + 1:08d}"
+    unmarked.mkdir()
+    (unmarked / ".metadata").write_bytes(b"never completed")
+    nproc, _ = LAYOUTS[RESUME_LAYOUT]
+    return run_trainer(layout_config(RESUME_LAYOUT, ckpt), workdir, nproc=nproc)

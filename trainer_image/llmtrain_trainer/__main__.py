@@ -1,0 +1,56 @@
+"""`python -m llmtrain_trainer --config cfg.json`, alone or under torchrun.
+
+The config is validated before torch is imported, so a bad config fails in well under a second with one line
+naming the field, exit code 78 and a termination message the operator reads. Exit codes: 0 done, 78 bad config,
+79 diverged (both permanent), 143 stopped by SIGTERM after saving a checkpoint, anything else transient.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .config import ConfigError, load_config
+from .exit_codes import EXIT_BAD_CONFIG, EXIT_DIVERGED, write_termination_message
+
+
+def _fail(code: int, message: str) -> int:
+    print(f"llmtrain: {message}", file=sys.stderr, flush=True)
+    write_termination_message(code, message)
+    return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="llmtrain_trainer", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", required=True, help="path to the TrainerConfig JSON")
+    args = parser.parse_args(argv)
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as e:
+        return _fail(EXIT_BAD_CONFIG, f"invalid config: {e}")
+
+    import torch.distributed as dist
+
+    from .train import EXIT_SIGTERM, Diverged, StopRequest, setup_distributed, train
+
+    stop = StopRequest()
+    try:
+        rt = setup_distributed()
+    except ConfigError as e:
+        return _fail(EXIT_BAD_CONFIG, f"invalid config: {e}")
+    try:
+        code = train(cfg, rt, stop)
+        if code == EXIT_SIGTERM:
+            write_termination_message(code, "stopped by SIGTERM; state saved to the newest checkpoint")
+        return code
+    except ConfigError as e:
+        return _fail(EXIT_BAD_CONFIG, f"invalid config: {e}")
+    except Diverged as e:
+        return _fail(EXIT_DIVERGED, f"diverged: {e}")
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,210 @@
+"""Parallelism, applied to a model built on the meta device (torchtitan's order: TP, AC, compile, FSDP/DDP).
+
+One DeviceMesh with dims (dp_replicate, dp_shard, tp):
+- ddp:              dp_replicate = world / tp,   dp_shard = 1
+- fsdp zero2/zero3: dp_replicate = 1,            dp_shard = world / tp
+- fsdp hybrid:      dp_replicate = nodes,        dp_shard = ranks per node / tp (shard in a node, replicate across)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+
+import torch
+from torch import nn
+from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
+
+from .config import ConfigError, ParallelismConfig
+from .model import ModelArgs, Transformer
+
+MESH_DIMS = ("dp_replicate", "dp_shard", "tp")
+
+
+@dataclass(frozen=True)
+class ParallelDims:
+    dp_replicate: int
+    dp_shard: int
+    tp: int
+    data_parallel: str  # "ddp" | "fsdp"
+    sharding: str  # "zero2" | "zero3" | "hybrid"
+
+    @property
+    def dp(self) -> int:
+        return self.dp_replicate * self.dp_shard
+
+    @property
+    def world_size(self) -> int:
+        return self.dp * self.tp
+
+
+def parallel_dims(cfg: ParallelismConfig, *, world_size: int, local_world_size: int) -> ParallelDims:
+    """Split the world into the mesh; raise ConfigError naming the field when it does not divide."""
+    tp = cfg.tensor_parallel
+    if world_size % tp:
+        raise ConfigError(f"parallelism.tensorParallel: {tp} does not divide the world size {world_size}")
+    if tp > local_world_size:
+        raise ConfigError(f"parallelism.tensorParallel: {tp} exceeds the {local_world_size} ranks of a node")
+    dp = world_size // tp
+    if cfg.data_parallel == "ddp":
+        return ParallelDims(dp, 1, tp, "ddp", cfg.sharding)
+    if cfg.sharding == "hybrid":
+        nodes = world_size // local_world_size
+        if local_world_size % tp:
+            raise ConfigError(f"parallelism.tensorParallel: {tp} does not divide {local_world_size} ranks per node")
+        return ParallelDims(nodes, local_world_size // tp, tp, "fsdp", "hybrid")
+    return ParallelDims(1, dp, tp, "fsdp", cfg.sharding)
+
+
+def check_model_fits(dims: ParallelDims, args: ModelArgs) -> None:
+    """Tensor parallelism splits heads, kv heads, the FFN and the vocabulary: each must divide evenly."""
+    tp = dims.tp
+    for field, value in (
+        ("model.heads", args.n_heads),
+        ("model.kvHeads", args.n_kv_heads),
+        ("model.ffnDim", args.ffn_dim),
+        ("model.vocabSize", args.vocab_size),
+    ):
+        if value % tp:
+            raise ConfigError(f"{field}: {value} is not divisible by parallelism.tensorParallel {tp}")
+
+
+def build_mesh(dims: ParallelDims, device_type: str) -> DeviceMesh:
+    return init_device_mesh(device_type, (dims.dp_replicate, dims.dp_shard, dims.tp), mesh_dim_names=MESH_DIMS)
+
+
+def dp_coordinates(mesh: DeviceMesh) -> tuple[int, int]:
+    """(dp_rank, dp_size): ranks in one TP group read the same data."""
+    r, s = mesh["dp_replicate"], mesh["dp_shard"]
+    return r.get_local_rank() * s.size() + s.get_local_rank(), r.size() * s.size()
+
+
+def apply_tp(model: Transformer, tp_mesh: DeviceMesh) -> None:
+    """Megatron-style TP with sequence parallelism: activations between blocks are sharded on the sequence."""
+    from torch.distributed.tensor import Replicate, Shard
+    from torch.distributed.tensor.parallel import (
+        ColwiseParallel,
+        PrepareModuleInput,
+        RowwiseParallel,
+        SequenceParallel,
+        parallelize_module,
+    )
+
+    parallelize_module(
+        model,
+        tp_mesh,
+        {
+            "tok_embeddings": RowwiseParallel(input_layouts=Replicate(), output_layouts=Shard(1)),
+            "norm": SequenceParallel(),
+            "output": ColwiseParallel(input_layouts=Shard(1), output_layouts=Replicate()),
+        },
+    )
+    for block in model.layers.values():
+        parallelize_module(
+            block,
+            tp_mesh,
+            {
+                "attention_norm": SequenceParallel(),
+                "attention": PrepareModuleInput(
+                    input_layouts=(Shard(1), None), desired_input_layouts=(Replicate(), None)
+                ),
+                "attention.wq": ColwiseParallel(),
+                "attention.wk": ColwiseParallel(),
+                "attention.wv": ColwiseParallel(),
+                "attention.wo": RowwiseParallel(output_layouts=Shard(1)),
+                "ffn_norm": SequenceParallel(),
+                "feed_forward": PrepareModuleInput(input_layouts=(Shard(1),), desired_input_layouts=(Replicate(),)),
+                "feed_forward.w1": ColwiseParallel(),
+                "feed_forward.w2": RowwiseParallel(output_layouts=Shard(1)),
+                "feed_forward.w3": ColwiseParallel(),
+            },
+        )
+    if model.args.tie_embeddings:  # parallelize_module made two parameters out of one; both are Shard(0)
+        model.output.weight = model.tok_embeddings.weight
+
+
+def _selective_policy(ctx, op, *args, **kwargs):
+    """Keep matmul and attention outputs (expensive to recompute), recompute the cheap elementwise ops."""
+    from torch.utils.checkpoint import CheckpointPolicy
+
+    keep = {
+        torch.ops.aten.mm.default,
+        torch.ops.aten._scaled_dot_product_efficient_attention.default,
+        torch.ops.aten._scaled_dot_product_flash_attention.default,
+        torch.ops.aten._scaled_dot_product_cudnn_attention.default,
+    }
+    return CheckpointPolicy.MUST_SAVE if op in keep else CheckpointPolicy.PREFER_RECOMPUTE
+
+
+def apply_activation_checkpointing(model: Transformer, mode: str) -> None:
+    """'full' recomputes each block in backward; 'selective' recomputes only its elementwise ops."""
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
+    from torch.utils.checkpoint import create_selective_checkpoint_contexts
+
+    for name, block in list(model.layers.items()):
+        if mode == "full":
+            wrapped = checkpoint_wrapper(block, preserve_rng_state=False)
+        else:
+            ctx = partial(create_selective_checkpoint_contexts, _selective_policy)
+            wrapped = checkpoint_wrapper(block, context_fn=ctx, preserve_rng_state=False)
+        model.layers[name] = wrapped
+
+
+def apply_compile(model: Transformer) -> None:
+    """Compile block by block: every block has the same graph, so it compiles once and is reused."""
+    for block in model.layers.values():
+        block.compile(fullgraph=True)
+
+
+def mixed_precision_dtype(precision: str) -> torch.dtype | None:
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+
+
+def apply_fsdp(model: Transformer, dp_mesh: DeviceMesh, *, precision: str, reshard_after_forward: bool) -> None:
+    """FSDP2 per block, then the root (embeddings, final norm, output).
+
+    Parameters are kept in fp32 (the optimizer's master copy) and gathered in bf16/fp16 for compute;
+    gradients are reduced in fp32. ZeRO-2 keeps the gathered parameters from forward to backward.
+    """
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    dtype = mixed_precision_dtype(precision)
+    mp = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32) if dtype else MixedPrecisionPolicy()
+    blocks = list(model.layers.values())
+    for i, block in enumerate(blocks):
+        # the last block's parameters are needed again at once by backward: never reshard them
+        reshard = reshard_after_forward and i < len(blocks) - 1
+        fully_shard(block, mesh=dp_mesh, mp_policy=mp, reshard_after_forward=reshard)
+    fully_shard(model, mesh=dp_mesh, mp_policy=mp, reshard_after_forward=reshard_after_forward)
+
+
+def apply_ddp(model: nn.Module, dp_mesh: DeviceMesh) -> nn.Module:
+    from torch.nn.parallel import DistributedDataParallel
+
+    device_ids = [torch.cuda.current_device()] if dp_mesh.device_type == "cuda" else None
+    return DistributedDataParallel(model, process_group=dp_mesh.get_group(), device_ids=device_ids)
+
+
+def parallelize(
+    model: Transformer, mesh: DeviceMesh, dims: ParallelDims, *, precision: str, ac: str, compile_blocks: bool
+) -> nn.Module:
+    """Apply everything in order; the model is still on the meta device afterwards (except under DDP)."""
+    if dims.tp > 1:
+        apply_tp(model, mesh["tp"])
+    if ac != "none":
+        apply_activation_checkpointing(model, ac)
+    if compile_blocks:
+        apply_compile(model)
+    if dims.data_parallel == "fsdp":
+        dp_mesh = mesh["dp_replicate", "dp_shard"] if dims.sharding == "hybrid" else mesh["dp_shard"]
+        apply_fsdp(model, dp_mesh, precision=precision, reshard_after_forward=dims.sharding != "zero2")
+    elif dims.tp > 1:
+        # DDP does not compose with DTensor parameters; FSDP2 over (replicate, shard of size 1) is DDP semantics:
+        # full parameters on every data-parallel rank and an all-reduce of gradients.
+        apply_fsdp(model, mesh["dp_replicate", "dp_shard"], precision=precision, reshard_after_forward=False)
+    return model
+
+
+def uses_autocast(dims: ParallelDims) -> bool:
+    """Plain DDP casts via autocast; every FSDP-wrapped model casts via its MixedPrecisionPolicy."""
+    return dims.data_parallel == "ddp" and dims.tp == 1
