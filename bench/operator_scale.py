@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import os
 import re
 import secrets
@@ -144,7 +145,7 @@ async def run(kubeconfig: str, big_nodes: int, many_jobs: int, many_nodes: int) 
     )
     kubectl("wait", "--for=condition=Established", "crd/llmtrainingjobs.llmtrain.dev", kubeconfig=kubeconfig)
     results: dict[str, Any] = {"benchmark": "operator_scale", "cpus": os.cpu_count()}
-    info = kopf.login_with_kubeconfig(logger=__import__("logging").getLogger("bench"))
+    info = kopf.login_with_kubeconfig(logger=logging.getLogger("bench"), settings=kopf.OperatorSettings())
     client = KubeClient(info, timeout=300)
     for label, count, nodes in (("one_big_job", 1, big_nodes), ("many_jobs", many_jobs, many_nodes)):
         ns = f"bench-operator-{secrets.token_hex(3)}"

@@ -83,22 +83,24 @@ def up(nodes: int = 2, gpus_per_node: int = 8, timeout: float = 90.0) -> Started
     admin = kubeconfig.write(admin_kubeconfig(state), certs, "admin", "admin")
     cm_config = kubeconfig.write(state / "controller-manager.kubeconfig", certs, "controller-manager", "cm")
     sched_config = kubeconfig.write(state / "scheduler.kubeconfig", certs, "scheduler", "scheduler")
-    plane = [
-        components.etcd(state),
-        components.apiserver(state, certs),
+    storage_and_api = [components.etcd(state), components.apiserver(state, certs)]
+    # Started once /readyz passes: before the apiserver has bootstrapped RBAC, the controller-manager is
+    # forbidden to read its authentication config and exits.
+    controllers = [
         components.controller_manager(state, certs, cm_config),
         components.scheduler(state, sched_config),
     ]
     network = _optional_module("network")
     if network is not None:
         network.ensure_bridge()  # the apiserver advertises the bridge address; pods reach it there
-    started = [c.name for c in plane if _ensure_running(state, c)]
     deadline = time.monotonic() + timeout
-    for component in plane:
-        _wait_healthy(state, certs, component.name, deadline)
+    started = []
+    for group in (storage_and_api, controllers):
+        started += [c.name for c in group if _ensure_running(state, c)]
+        for component in group:
+            _wait_healthy(state, certs, component.name, deadline)
 
-    kubelet_module = importlib.util.find_spec("testbed.kubelet")
-    if kubelet_module is None:
+    if not _has_module("kubelet.__main__"):
         log.warning("testbed.kubelet is not available: no nodes are registered, pods will stay Pending")
     else:
         kubelet = components.kubelet(state, certs, admin, nodes, gpus_per_node)
@@ -153,10 +155,17 @@ def status() -> Status:
 
 def _optional_module(name: str) -> ModuleType | None:
     """testbed.network / testbed.kubelet are developed separately; the control plane works without them."""
-    if importlib.util.find_spec(f"testbed.{name}") is None:
+    if not _has_module(name):
         log.warning("testbed.%s is not available: skipping it", name)
         return None
     return importlib.import_module(f"testbed.{name}")
+
+
+def _has_module(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(f"testbed.{name}") is not None
+    except ImportError:
+        return False
 
 
 def _ensure_running(state: Path, component: Component) -> bool:

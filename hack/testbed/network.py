@@ -117,6 +117,15 @@ def list_pod_netns() -> list[str]:
     return sorted(p.name for p in NETNS_DIR.iterdir() if p.name.startswith(NETNS_PREFIX))
 
 
+def pod_ips() -> set[str]:
+    """IPv4 addresses of every pod namespace on this machine (whoever created it)."""
+    ips = set()
+    for ns in list_pod_netns():
+        out = _ip("-n", ns, "-4", "-o", "addr", "show", "dev", "eth0", check=False).stdout
+        ips.update(word.split("/")[0] for word in out.split() if word.count(".") == 3 and "/" in word)
+    return ips
+
+
 def teardown() -> None:
     """Kill every pod process left, delete every pod namespace and the bridge; safe to call when none exist."""
     for ns in list_pod_netns():

@@ -107,8 +107,8 @@ def session_cluster(nodes: int = 2, gpus_per_node: int = 8) -> Iterator[Cluster]
     (idempotent) and, if this session started it, bring it down afterwards unless LLMTRAIN_KEEP_CLUSTER=1.
     """
     external = os.environ.get("KUBECONFIG")
-    own = str(testbed_cluster.admin_kubeconfig())
-    if external and external != own:
+    own = testbed_cluster.admin_kubeconfig().resolve()
+    if external and Path(external).expanduser().resolve() != own:
         client = _new_client(external)
         try:
             yield Cluster(kubeconfig=external, api_client=client, is_testbed=False)

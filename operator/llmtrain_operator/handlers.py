@@ -136,7 +136,9 @@ class Operator:
         if self.pods_index is not None:
             indexed = list(self.pods_index.get((job.namespace, job.name), ()))
         pods = slot.expectations.merge(indexed, datetime.now(UTC))
-        finished = job.status.get("phase") in TERMINAL_PHASES  # reconcile creates nothing for those
+        # Status is written before children are created, so a job without status has none of ours yet; and
+        # reconcile creates nothing for a finished job. Either way there is nothing to look up.
+        finished = not job.status or job.status.get("phase") in TERMINAL_PHASES
         for kind, child in (("ConfigMap", config_map_name(job.name)), ("Service", service_name(job.name))):
             if finished or kind in slot.known_children:
                 continue
@@ -176,7 +178,7 @@ class Operator:
 
     async def _create_children(self, job: JobView, slot: _Slot, decision: Decision, now: datetime) -> None:
         assert self.client is not None
-        results = await gather_limited([self.client.create(m) for m in decision.creates])
+        results = await gather_limited([self.client.create(m) for m in decision.creates], limit=64)
         for manifest, result in zip(decision.creates, results, strict=True):
             kind, name = manifest["kind"], manifest["metadata"]["name"]
             if isinstance(result, BaseException):
@@ -194,7 +196,9 @@ class Operator:
     async def _delete_children(self, job: JobView, slot: _Slot, decision: Decision, now: datetime) -> None:
         assert self.client is not None
         attempts = {p.name: p.attempt for p in (self.pods_index or {}).get((job.namespace, job.name), ())}
-        results = await gather_limited([self.client.delete(kind, job.namespace, n) for kind, n in decision.deletes])
+        results = await gather_limited(
+            [self.client.delete(kind, job.namespace, n) for kind, n in decision.deletes], limit=64
+        )
         for (kind, name), result in zip(decision.deletes, results, strict=True):
             if isinstance(result, BaseException):
                 self._raise_unless_gone(result, f"delete {kind} {job.namespace}/{name}")
@@ -267,7 +271,7 @@ class Operator:
 def register(registry: kopf.OperatorRegistry, op: Operator) -> None:
     """Attach the handlers to `registry`, closing over `op`."""
 
-    @kopf.on.startup(registry=registry)
+    @kopf.on.startup(registry=registry, id="configure")
     async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
         settings.watching.server_timeout = 300  # ask the API server to end each watch after 5 min...
         settings.watching.client_timeout = 330  # ...and give up on a silent connection a little later
@@ -275,25 +279,25 @@ def register(registry: kopf.OperatorRegistry, op: Operator) -> None:
         settings.posting.level = logging.WARNING  # our transition events are posted by Operator._post_event
         op.resync_task = asyncio.ensure_future(op.resync_forever())
 
-    @kopf.on.cleanup(registry=registry)
+    @kopf.on.cleanup(registry=registry, id="shutdown")
     async def shutdown(**_: Any) -> None:
         if op.resync_task:
             op.resync_task.cancel()
         if op.client:
             await op.client.close()
 
-    @kopf.on.login(registry=registry)
+    @kopf.on.login(registry=registry, id="login")
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
         info = kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
         if info is not None and op.client is None:
             op.client = KubeClient(info)
         return info
 
-    @kopf.index("pods", labels={LABEL_JOB: kopf.PRESENT}, registry=registry)
+    @kopf.index("pods", labels={LABEL_JOB: kopf.PRESENT}, registry=registry, id="node_pods")
     def node_pods(body: kopf.Body, namespace: str, labels: kopf.Labels, **_: Any) -> dict[Key, PodView]:
         return {(namespace, labels[LABEL_JOB]): pod_view(dict(body))}
 
-    @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
+    @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry, id="job_event")
     async def job_event(type: str, namespace: str, name: str, node_pods: kopf.Index, **_: Any) -> None:
         op.pods_index = node_pods
         if type == "DELETED":
@@ -301,7 +305,7 @@ def register(registry: kopf.OperatorRegistry, op: Operator) -> None:
             return
         await op.trigger((namespace, name))
 
-    @kopf.on.event("pods", labels={LABEL_JOB: kopf.PRESENT}, registry=registry)
+    @kopf.on.event("pods", labels={LABEL_JOB: kopf.PRESENT}, registry=registry, id="pod_event")
     async def pod_event(namespace: str, labels: kopf.Labels, node_pods: kopf.Index, **_: Any) -> None:
         op.pods_index = node_pods
         key = (namespace, labels[LABEL_JOB])

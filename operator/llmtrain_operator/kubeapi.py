@@ -55,7 +55,7 @@ class KubeClient:
     def _ensure(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=32, ssl=self.info.as_ssl_context()),
+                connector=aiohttp.TCPConnector(limit=64, ssl=self.info.as_ssl_context()),
                 headers={**self.info.as_http_headers(), "User-Agent": "llmtrain-operator"},
                 timeout=aiohttp.ClientTimeout(total=self.timeout),
             )

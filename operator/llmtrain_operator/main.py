@@ -76,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr,
     )
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    if not args.verbose:  # kopf logs every handler call at INFO: thousands of lines for a 64-node gang
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     settings = OperatorSettings(
         default_image=args.trainer_image,
         allow_dev_command=os.environ.get(DEV_COMMAND_ENV) == "1",

@@ -351,6 +351,7 @@ def _reconcile_active(run: _Run, spec: LLMTrainingJobSpec, command: list[str] | 
     creatable = [r for r in missing if pod_name(job.name, r) not in taken]
     for rank in creatable:
         decision.creates.append(build_pod(job.ref, spec, rank, st.restarts, run.settings.default_image, command))
+    st.active += len(creatable)  # count them now, so this decision's status write is not followed by another
     if creatable and st.start_time is None:
         st.start_time = rfc3339(now)
     if len(creatable) < len(missing) or any(p.terminating for p in observed.pods):

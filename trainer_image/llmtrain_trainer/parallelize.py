@@ -70,7 +70,11 @@ def check_model_fits(dims: ParallelDims, args: ModelArgs) -> None:
 
 
 def build_mesh(dims: ParallelDims, device_type: str) -> DeviceMesh:
-    return init_device_mesh(device_type, (dims.dp_replicate, dims.dp_shard, dims.tp), mesh_dim_names=MESH_DIMS)
+    mesh = init_device_mesh(device_type, (dims.dp_replicate, dims.dp_shard, dims.tp), mesh_dim_names=MESH_DIMS)
+    if dims.tp > 1:
+        # gradient norms are partial over (dp_shard, tp); a flattened dim lets DTensor reduce them in one all-reduce
+        mesh["dp_shard", "tp"]._flatten("dp_shard_tp")
+    return mesh
 
 
 def dp_coordinates(mesh: DeviceMesh) -> tuple[int, int]:
@@ -151,9 +155,13 @@ def apply_activation_checkpointing(model: Transformer, mode: str) -> None:
 
 
 def apply_compile(model: Transformer) -> None:
-    """Compile block by block: every block has the same graph, so it compiles once and is reused."""
-    for block in model.layers.values():
-        block.compile(fullgraph=True)
+    """Compile block by block: every block has the same graph, so it compiles once and is reused.
+
+    Blocks are wrapped before fully_shard, so FSDP's hooks stay outside the compiled graphs. State-dict names
+    are unchanged: DCP's state-dict helpers drop the wrapper's `_orig_mod` prefix.
+    """
+    for name, block in list(model.layers.items()):
+        model.layers[name] = torch.compile(block, fullgraph=True)
 
 
 def mixed_precision_dtype(precision: str) -> torch.dtype | None:

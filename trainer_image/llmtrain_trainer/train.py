@@ -6,6 +6,7 @@ import math
 import os
 import signal
 import time
+import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass
 
@@ -32,6 +33,9 @@ from .parallelize import (
     uses_autocast,
 )
 from .precision import LossScaler
+
+# We never modify the logits in place, which is what this FSDP2 warning is about.
+warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module .* returned a view tensor")
 
 EXIT_SIGTERM = 143  # 128 + SIGTERM: transient, so the operator restarts the pod and it resumes
 

@@ -12,6 +12,15 @@ from .agent import Kubelet, KubeletOptions
 from .nodes import NodeConfig
 
 
+def parse_taint(text: str) -> dict:
+    """`key=value:Effect` (value optional) as a Node taint; SystemExit names the bad text."""
+    head, sep, effect = text.rpartition(":")
+    key, _, value = head.partition("=")
+    if not sep or not key or effect not in ("NoSchedule", "PreferNoSchedule", "NoExecute"):
+        raise SystemExit(f"--register-with-taints: {text!r} is not key=value:NoSchedule|PreferNoSchedule|NoExecute")
+    return {"key": key, "value": value, "effect": effect} if value else {"key": key, "effect": effect}
+
+
 def parse_args(argv: list[str] | None = None) -> KubeletOptions:
     p = argparse.ArgumentParser(prog="python -m testbed.kubelet", description=__doc__)
     p.add_argument("--kubeconfig", required=True, help="kubeconfig with rights to nodes, leases, pods, tokens")
@@ -24,6 +33,12 @@ def parse_args(argv: list[str] | None = None) -> KubeletOptions:
     p.add_argument("--memory", default="512Gi", help="declared memory capacity per node")
     p.add_argument("--address", default="10.88.0.1", help="node InternalIP (the bridge address)")
     p.add_argument("--first-port", type=int, default=10250, help="node i serves the kubelet API on this + i")
+    p.add_argument("--node-prefix", default="llmtrain-node", help="nodes are named <prefix>-<i>")
+    p.add_argument(
+        "--register-with-taints",
+        default="",
+        help="comma list key=value:Effect put on every node (e.g. for a second kubelet used only by tests)",
+    )
     p.add_argument("--serving-cert", help="kubelet serving certificate (PEM)")
     p.add_argument("--serving-key", help="kubelet serving key (PEM)")
     p.add_argument("--client-ca", help="CA that signs the clients allowed to read logs (the cluster CA)")
@@ -43,6 +58,8 @@ def parse_args(argv: list[str] | None = None) -> KubeletOptions:
         gpu_memory_mib=a.gpu_memory_mib,
         address=a.address,
         first_port=a.first_port,
+        name_prefix=a.node_prefix,
+        taints=[parse_taint(t) for t in a.register_with_taints.split(",") if t],
     )
     return KubeletOptions(
         kubeconfig=a.kubeconfig,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import sys
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from .volumes import unmount_under
 log = logging.getLogger("testbed.kubelet")
 
 API_PORT = "6443"
+RETRY_FINISHED_S = 10.0
 
 
 @dataclass
@@ -68,7 +70,7 @@ class Kubelet:
         self.shutdown_grace_s = opts.shutdown_grace_s
         self.stopping = threading.Event()
         self._informers_stop = threading.Event()
-        self.ipam = Ipam(self.state_dir / "ipam")
+        self.ipam = Ipam(self.state_dir / "ipam", network.pod_ips)
         self.node_agent = NodeAgent(self.api, opts.nodes, opts.node, self._informers_stop)
         self.node_names = set(self.node_agent.names())
         self.workers: dict[Key, PodWorker] = {}
@@ -142,8 +144,8 @@ class Kubelet:
                     worker.vanish()
                     if worker.finished.is_set():
                         del self.workers[key]
-                elif worker.finished.is_set():
-                    del self.workers[key]  # e.g. a failed final delete: a new worker retries it
+                elif worker.finished.is_set() and time.monotonic() - worker.finished_at > RETRY_FINISHED_S:
+                    del self.workers[key]  # still there long after its worker ended (a failed final delete): retry
             for key, pod in mine.items():
                 worker = self.workers.get(key)
                 if worker is None:
@@ -181,10 +183,13 @@ class Kubelet:
     def _clean_leftovers(self) -> None:
         """Processes and sandboxes of a previous run cannot be adopted (their exit codes would be unknowable),
         so they are killed and removed; their pods are then reported as described in PodWorker."""
+        pods_dir = self.state_dir / "pods"
+        uids = self.ipam.owners() | {d.name.rsplit("_", 1)[-1] for d in pods_dir.glob("*_*_*")}
         for ns in network.list_pod_netns():
-            log.warning("removing leftover pod sandbox %s from a previous kubelet run", ns)
-            network.delete_pod_netns(ns[len(network.NETNS_PREFIX) :])
-        unmount_under(self.state_dir / "pods")
+            if ns[len(network.NETNS_PREFIX) :] in uids:
+                log.warning("removing leftover pod sandbox %s from a previous kubelet run", ns)
+                network.delete_pod_netns(ns[len(network.NETNS_PREFIX) :])
+        unmount_under(pods_dir)
         self.ipam.reset()
 
     def _start_logs_servers(self) -> None:
@@ -228,8 +233,8 @@ class Kubelet:
             worker.wake.set()
         for worker in workers:
             worker.finished.wait(self.shutdown_grace_s + 15)
-        for ns in network.list_pod_netns():
-            network.delete_pod_netns(ns[len(network.NETNS_PREFIX) :])
+        for worker in workers:
+            network.delete_pod_netns(worker.uid)  # in case a worker did not finish in time
         self._informers_stop.set()
         for server in self.servers:
             server.shutdown()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 NETWORK = ipaddress.ip_network("10.88.0.0/16")
@@ -23,8 +24,9 @@ def pick_free(used: set[int], after: int, size: int = NETWORK.num_addresses) -> 
 class Ipam:
     """Allocates and releases pod addresses; <dir>/<ip> holds the owning pod's uid."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, in_use: Callable[[], set[str]] = set) -> None:
         self.dir = directory
+        self.in_use = in_use  # addresses configured on the bridge by anyone (e.g. a second kubelet)
         self.dir.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self._last = FIRST_HOST - 1
@@ -44,7 +46,8 @@ class Ipam:
             for offset, uid in taken.items():
                 if uid == owner:
                     return str(NETWORK.network_address + offset)
-            offset = pick_free(set(taken), self._last)
+            others = {int(ipaddress.ip_address(ip)) - int(NETWORK.network_address) for ip in self.in_use()}
+            offset = pick_free(set(taken) | others, self._last)
             if offset is None:
                 raise RuntimeError(f"no free pod address left in {NETWORK}")
             self._last = offset
@@ -57,6 +60,9 @@ class Ipam:
             for path in self.dir.iterdir():
                 if path.read_text().strip() == owner:
                     path.unlink(missing_ok=True)
+
+    def owners(self) -> set[str]:
+        return set(self._offsets().values())
 
     def reset(self) -> None:
         """Forget every allocation (at kubelet start, after all leftover sandboxes were torn down)."""

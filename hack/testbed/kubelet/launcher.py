@@ -71,6 +71,7 @@ class MountBuilder:
 
     def __init__(self, scratch: str) -> None:
         os.makedirs(scratch, exist_ok=True)
+        self.scratch_path = os.path.realpath(scratch)
         # Through an fd, so later mounts (a private /tmp, the new root) cannot hide the scratch directory.
         self.scratch = f"/proc/self/fd/{os.open(scratch, os.O_PATH)}"
         self.overlaid: set[str] = set()
@@ -111,9 +112,10 @@ class MountBuilder:
             else:
                 open(dst, "w").close()
                 _mount(src, dst, None, MS_BIND)
-        nested = os.path.join(root, root.lstrip("/"))  # the recursive bind copied the new root into itself
+        # The recursive binds copied the new root into itself (it lives below /): detach that copy.
+        nested = os.path.join(root, self.scratch_path.lstrip("/"), "root")
         if os.path.ismount(nested):
-            _libc.umount2(nested.encode(), MNT_DETACH)
+            _check(_libc.umount2(nested.encode(), MNT_DETACH), f"umount {nested}")
         os.chdir(root)
         os.chroot(".")
         os.chdir("/")

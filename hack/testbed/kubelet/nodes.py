@@ -10,7 +10,7 @@ import datetime as dt
 import logging
 import platform
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .api import Api, ApiError
 
@@ -35,10 +35,12 @@ class NodeConfig:
     gpu_memory_mib: int = 143771
     address: str = "10.88.0.1"
     first_port: int = 10250
+    name_prefix: str = "llmtrain-node"
+    taints: list[dict] = field(default_factory=list)
 
 
-def node_name(index: int) -> str:
-    return f"llmtrain-node-{index}"
+def node_name(index: int, prefix: str = "llmtrain-node") -> str:
+    return f"{prefix}-{index}"
 
 
 def _now(micro: bool = False) -> str:
@@ -58,7 +60,7 @@ def capacity(cfg: NodeConfig) -> dict[str, str]:
 
 def node_object(index: int, cfg: NodeConfig) -> dict:
     """The Node as registered: labels a GPU node carries with the NVIDIA GPU feature discovery installed."""
-    name = node_name(index)
+    name = node_name(index, cfg.name_prefix)
     return {
         "apiVersion": "v1",
         "kind": "Node",
@@ -76,7 +78,7 @@ def node_object(index: int, cfg: NodeConfig) -> dict:
                 "nvidia.com/gpu.count": str(cfg.gpus),
             },
         },
-        "spec": {},
+        "spec": {"taints": cfg.taints} if cfg.taints else {},
     }
 
 
@@ -146,14 +148,14 @@ class NodeAgent:
         self.thread = threading.Thread(target=self._run, name="node-agent", daemon=True)
 
     def names(self) -> list[str]:
-        return [node_name(i) for i in range(self.count)]
+        return [node_name(i, self.cfg.name_prefix) for i in range(self.count)]
 
     def register(self) -> None:
         for i in range(self.count):
             self._register(i)
 
     def _register(self, index: int) -> None:
-        name = node_name(index)
+        name = node_name(index, self.cfg.name_prefix)
         body = node_object(index, self.cfg)
         try:
             node = self.api.create("/api/v1/nodes", body)
@@ -166,7 +168,7 @@ class NodeAgent:
         self.api.merge_patch(f"/api/v1/nodes/{name}/status", {"status": node_status(index, self.cfg, _now())})
 
     def _renew_lease(self, index: int) -> None:
-        name = node_name(index)
+        name = node_name(index, self.cfg.name_prefix)
         path = f"/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/{name}"
         try:
             self.api.merge_patch(path, {"spec": {"holderIdentity": name, "renewTime": _now(micro=True)}})
@@ -179,7 +181,7 @@ class NodeAgent:
             )
 
     def _refresh_status(self, index: int) -> None:
-        name = node_name(index)
+        name = node_name(index, self.cfg.name_prefix)
         try:
             self.api.merge_patch(f"/api/v1/nodes/{name}/status", {"status": node_status(index, self.cfg, _now())})
         except ApiError as exc:
@@ -197,7 +199,7 @@ class NodeAgent:
                         self._refresh_status(i)
                     self._renew_lease(i)
                 except Exception as exc:
-                    log.warning("node=%s: heartbeat failed: %s", node_name(i), exc)
+                    log.warning("node=%s: heartbeat failed: %s", node_name(i, self.cfg.name_prefix), exc)
             ticks += 1
             self.stop.wait(LEASE_RENEW_S)
 

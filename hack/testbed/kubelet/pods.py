@@ -100,6 +100,7 @@ class PodWorker(threading.Thread):
         self.wake = threading.Event()
         self.gone = False
         self.finished = threading.Event()
+        self.finished_at = 0.0
         spec = pod["spec"]
         self.restart_policy = spec.get("restartPolicy", "Always")
         self.init_containers = [Container(c, True) for c in spec.get("initContainers") or []]
@@ -138,6 +139,7 @@ class PodWorker(threading.Thread):
                 if self.gone:
                     log.info("%s: pod vanished from the API; killing its processes", self.ctx)
                     self._stop_everything(0)
+                    self._remove_pod_files()
                     return
                 if self.pod["metadata"].get("deletionTimestamp"):
                     self._delete()
@@ -154,6 +156,7 @@ class PodWorker(threading.Thread):
             log.exception("%s: worker crashed; killing the pod's processes", self.ctx)
             self._stop_everything(0)
         finally:
+            self.finished_at = time.monotonic()
             self.finished.set()
 
     def _grace(self) -> float:
@@ -532,6 +535,13 @@ class PodWorker(threading.Thread):
         self._stop_processes(grace_s)
         self._teardown_sandbox(keep_ip=True)
 
+    def _remove_pod_files(self) -> None:
+        """Once the pod is gone: drop volumes, /tmp and overlay scratch; keep the logs for post-mortems."""
+        shutil.rmtree(self.pod_dir / "volumes", ignore_errors=True)
+        shutil.rmtree(self.pod_dir / "tmp", ignore_errors=True)
+        for run_dir in self.pod_dir.glob("*/run-*"):
+            shutil.rmtree(run_dir, ignore_errors=True)
+
     def _delete(self) -> None:
         grace = self._grace()
         log.info("%s: deletion requested; stopping containers with %.0fs grace", self.ctx, grace)
@@ -550,3 +560,5 @@ class PodWorker(threading.Thread):
         except ApiError as exc:
             if exc.status not in (404, 409):
                 log.warning("%s: final delete failed: %s", self.ctx, exc)
+                return
+        self._remove_pod_files()

@@ -94,12 +94,18 @@ class Provisioner:
                 continue
             path = pvc_dir(self.state_dir, meta["namespace"], meta["name"])
             path.mkdir(parents=True, exist_ok=True)
+            volume = volume_for_claim(claim, path)
             try:
-                self.api.create("/api/v1/persistentvolumes", volume_for_claim(claim, path))
+                self.api.create("/api/v1/persistentvolumes", volume)
                 log.info("provisioned %s for claim %s/%s", path, meta["namespace"], meta["name"])
             except ApiError as exc:
                 if exc.status != 409:
                     raise
+            # Touch the claim: the PV controller binds on a claim event at once, else only at its 15 s resync.
+            self.api.merge_patch(
+                f"/api/v1/namespaces/{meta['namespace']}/persistentvolumeclaims/{meta['name']}",
+                {"metadata": {"annotations": {"llmtrain.dev/provisioned-volume": volume["metadata"]["name"]}}},
+            )
         for pv in self.api.get("/api/v1/persistentvolumes").get("items", []):
             annotations = pv["metadata"].get("annotations") or {}
             if annotations.get("pv.kubernetes.io/provisioned-by") != PROVISIONER:

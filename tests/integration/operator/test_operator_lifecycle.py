@@ -171,3 +171,30 @@ def test_pods_stuck_pending_are_explained(kube: Kube, operator: OperatorProcess)
 def test_finished_job_is_deleted_after_its_ttl(kube: Kube, operator: OperatorProcess):
     kube.create(job_manifest("shortlived", "sys.exit(0)", nodes=1, runPolicy={"ttlSecondsAfterFinished": 2}))
     wait_for(lambda: kube.get("ltj", "shortlived") is None, timeout=60, what="the job deleted after its TTL")
+
+
+METRICS_SERVER = """
+import http.server
+body = (
+    b"# TYPE llmtrain_step gauge\\nllmtrain_step{job=\\"j\\",node_rank=\\"0\\"} 42\\n"
+    b"# TYPE llmtrain_total_steps gauge\\nllmtrain_total_steps 100\\n"
+    b"# TYPE llmtrain_loss gauge\\nllmtrain_loss 2.5\\n"
+    b"# TYPE llmtrain_tokens_per_second gauge\\nllmtrain_tokens_per_second 1234.5\\n"
+)
+class Metrics(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200)
+        self.end_headers()
+        self.wfile.write(body)
+http.server.HTTPServer(("0.0.0.0", 9090), Metrics).serve_forever()
+"""
+
+
+def test_rank0_metrics_become_status_progress(kube: Kube, operator: OperatorProcess):
+    kube.create(job_manifest("progress", METRICS_SERVER, nodes=1))
+    progress = wait_for(
+        lambda: kube.status("progress").get("progress"), timeout=60, what="status.progress from rank 0's /metrics"
+    )
+    assert progress == {"step": 42, "totalSteps": 100, "loss": 2.5, "tokensPerSecond": 1234.5}
+    row = kube.cluster.kubectl("get", "ltj", "progress", "-n", kube.ns, "--no-headers").stdout.split()
+    assert row[1:6] == ["Running", "1", "42", "2.5", "1234.5"]

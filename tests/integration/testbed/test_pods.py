@@ -317,6 +317,16 @@ def test_a_pvc_directory_keeps_a_file_across_a_container_restart(api: Api, clust
             "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}},
         },
     )
+    claim = wait_for(
+        lambda: (
+            (c := api.get(f"/api/v1/namespaces/{namespace}/persistentvolumeclaims/ckpt"))["status"].get("phase")
+            == "Bound"
+            and c
+        ),
+        timeout=30,
+        what="the claim to be bound (a provisioner serves the default StorageClass)",
+    )
+    assert claim["spec"]["volumeName"]
     script = """
         import os, sys
         marker = "/ckpt/step"

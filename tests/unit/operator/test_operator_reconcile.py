@@ -60,6 +60,7 @@ def test_new_job_creates_config_service_and_every_node_pod():
     assert [m["metadata"]["name"] for m in d.creates[2:]] == ["demo-node-0", "demo-node-1"]
     assert d.status["phase"] == "Pending"
     assert d.status["startTime"] == rfc3339(NOW)
+    assert d.status["active"] == 2  # counted in the same status write that precedes the creates
     assert cond(d, "Created")["status"] == "True"
     assert [e.reason for e in d.events] == ["Created"]
 
