@@ -133,7 +133,7 @@ def main() -> None:
                 "device": first["device"],
                 "seq": seq,
                 "global_batch": config["training"]["globalBatchSize"],
-                "params_M": round(first["params"] / 1e6, 1),
+                "params_M": round(first["params"] / 1e6, 3),
                 "step_s": round(statistics.median(r["step_s"] for r in runs), 4),
                 "tokens_per_s": round(tps, 1),
                 "tokens_per_s_runs": [round(r["tokens_per_s"], 1) for r in runs],

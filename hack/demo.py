@@ -50,9 +50,24 @@ def kubectl(*args: str, **kw) -> subprocess.CompletedProcess[str]:
 def install_operator() -> None:
     helm = str(paths.binary("helm"))
     say("installing the operator with helm (charts/llmtrain-operator) into namespace llmtrain-system")
-    run(helm, "upgrade", "--install", "llmtrain", str(REPO / "charts" / "llmtrain-operator"),
-        "--namespace", OPERATOR_NAMESPACE, "--create-namespace", "--wait", "--timeout", "5m",
-        "--set", "image.repository=llmtrain/operator", "--set", "image.tag=dev", quiet=True)
+    run(
+        helm,
+        "upgrade",
+        "--install",
+        "llmtrain",
+        str(REPO / "charts" / "llmtrain-operator"),
+        "--namespace",
+        OPERATOR_NAMESPACE,
+        "--create-namespace",
+        "--wait",
+        "--timeout",
+        "5m",
+        "--set",
+        "image.repository=llmtrain/operator",
+        "--set",
+        "image.tag=dev",
+        quiet=True,
+    )
     kubectl("-n", OPERATOR_NAMESPACE, "rollout", "status", "deployment", "--timeout=180s", quiet=True)
     say("operator is running:")
     kubectl("-n", OPERATOR_NAMESPACE, "get", "pods", "-o", "wide")
@@ -64,8 +79,15 @@ def submit_job() -> None:
         say(f"deleting the previous {JOB} run")
         kubectl("-n", NAMESPACE, "delete", "ltj", JOB, "--wait=true", "--timeout=120s", quiet=True)
     say(f"kubectl apply -f examples/checkpoint-pvc.yaml -f examples/tiny-cpu.yaml (namespace {NAMESPACE})")
-    kubectl("-n", NAMESPACE, "apply", "-f", str(REPO / "examples" / "checkpoint-pvc.yaml"),
-            "-f", str(REPO / "examples" / "tiny-cpu.yaml"))
+    kubectl(
+        "-n",
+        NAMESPACE,
+        "apply",
+        "-f",
+        str(REPO / "examples" / "checkpoint-pvc.yaml"),
+        "-f",
+        str(REPO / "examples" / "tiny-cpu.yaml"),
+    )
 
 
 def status_line(job: dict) -> str:

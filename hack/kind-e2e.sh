@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # End-to-end run on kind, for machines with Docker: build both images, load them into a kind cluster, install the
-# chart, and run the same pytest e2e suite the test bed runs, with KUBECONFIG pointing at kind.
+# chart (and `helm test` it), and run the same pytest e2e suite the test bed runs, with KUBECONFIG pointing at kind.
+# The e2e suite installs its own release of the chart (image llmtrain/operator:e2e) and removes this one first.
 #
 #   hack/kind-e2e.sh                 # create (or reuse) the cluster, test, delete the cluster
 #   KEEP_CLUSTER=1 hack/kind-e2e.sh  # leave the cluster running afterwards (kind delete cluster --name llmtrain-e2e)
@@ -11,11 +12,14 @@ set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 CLUSTER="${KIND_CLUSTER_NAME:-llmtrain-e2e}"
-TAG="${IMAGE_TAG:-e2e}"
-OPERATOR_IMAGE="${OPERATOR_IMAGE:-llmtrain/operator:$TAG}"
-TRAINER_IMAGE="${TRAINER_IMAGE:-llmtrain/trainer:$TAG}"
+APP_VERSION="$(sed -n 's/^appVersion: *"\{0,1\}\([^"]*\)"\{0,1\}$/\1/p' "$REPO/charts/llmtrain-operator/Chart.yaml")"
+# The names the e2e suite and the chart's defaults expect: tests/e2e installs llmtrain/operator:e2e, and jobs
+# that set no image run the chart's default trainer image.
+OPERATOR_IMAGE="${OPERATOR_IMAGE:-llmtrain/operator:e2e}"
+TRAINER_IMAGE="${TRAINER_IMAGE:-ghcr.io/llmtrain/trainer:$APP_VERSION}"
 TRAINER_BASE="${TRAINER_BASE-python:3.11.13-slim-bookworm}"
 TORCH_INDEX_URL="${TORCH_INDEX_URL-https://download.pytorch.org/whl/cpu}"
+RELEASE="${RELEASE:-llmtrain}"
 RELEASE_NAMESPACE="${RELEASE_NAMESPACE:-llmtrain-system}"
 PYTHON="${PYTHON:-${LLMTRAIN_CACHE:-$HOME/.cache/llmtrain}/venv/bin/python}"
 KUBECONFIG_FILE="${KUBECONFIG_FILE:-$REPO/out/kind-$CLUSTER.kubeconfig}"
@@ -34,7 +38,10 @@ cleanup() {
   local rc=$?
   if [ "$rc" -ne 0 ]; then
     log "failed (exit $rc); operator logs:"
-    KUBECONFIG="$KUBECONFIG_FILE" "$KUBECTL" -n "$RELEASE_NAMESPACE" logs deployment/llmtrain-operator --tail=100 || true
+    for ns in "$RELEASE_NAMESPACE" llmtrain-e2e-system; do
+      KUBECONFIG="$KUBECONFIG_FILE" "$KUBECTL" logs --namespace "$ns" --prefix --tail=100 \
+        -l app.kubernetes.io/name=llmtrain-operator 2>/dev/null || true
+    done
   fi
   if [ "${KEEP_CLUSTER:-0}" = 1 ]; then
     log "keeping cluster $CLUSTER (KUBECONFIG=$KUBECONFIG_FILE)"
@@ -69,16 +76,15 @@ log "loading images into $CLUSTER"
 "$KIND" load docker-image --name "$CLUSTER" "$OPERATOR_IMAGE" "$TRAINER_IMAGE"
 
 log "installing the chart into $RELEASE_NAMESPACE"
-"$HELM" upgrade --install llmtrain-operator "$REPO/charts/llmtrain-operator" \
+"$HELM" upgrade --install "$RELEASE" "$REPO/charts/llmtrain-operator" \
   --namespace "$RELEASE_NAMESPACE" --create-namespace \
   --set "image.repository=${OPERATOR_IMAGE%:*}" --set "image.tag=${OPERATOR_IMAGE##*:}" \
   --set image.pullPolicy=Never \
   --set "trainerImage.repository=${TRAINER_IMAGE%:*}" --set "trainerImage.tag=${TRAINER_IMAGE##*:}" \
   --wait --timeout 5m
-"$HELM" test llmtrain-operator --namespace "$RELEASE_NAMESPACE" --timeout 3m
+"$HELM" test "$RELEASE" --namespace "$RELEASE_NAMESPACE" --timeout 3m --logs
 
 log "running tests/e2e against kind"
 cd "$REPO"
-LLMTRAIN_E2E_OPERATOR=installed LLMTRAIN_E2E_TRAINER_IMAGE="$TRAINER_IMAGE" \
-  "$PYTHON" -m pytest tests/e2e -v "$@"
+"$PYTHON" -m pytest tests/e2e -v "$@"
 log "e2e passed"

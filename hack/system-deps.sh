@@ -2,11 +2,11 @@
 # Installs what the test bed and the tests need from Debian and the Go module proxy, once; a warm run is instant.
 #   iproute2, util-linux  network and mount namespaces for pods (process kubelet)
 #   prometheus            the real Prometheus the e2e suite scrapes the job with
-#   shellcheck            lints hack/*.sh;  actionlint  lints .github/workflows (go install)
+#   the linters: shellcheck for the hack scripts, actionlint (go install) for .github/workflows
 set -euo pipefail
 CACHE="${LLMTRAIN_CACHE:-$HOME/.cache/llmtrain}"
 TOOLS="$CACHE/tools/bin"
-ACTIONLINT_VERSION="${ACTIONLINT_VERSION:-v1.7.7}"
+ACTIONLINT_VERSION="${ACTIONLINT_VERSION:-v1.7.12}"
 
 missing=()
 command -v ip >/dev/null || missing+=(iproute2)

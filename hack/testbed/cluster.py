@@ -7,10 +7,13 @@ status() -> Status                           component health and nodes; never s
 
 from __future__ import annotations
 
+import fcntl
 import importlib.util
 import logging
 import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -23,6 +26,7 @@ log = logging.getLogger("testbed")
 CONTROL_PLANE = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler")
 # Stop order: the kubelet first, so it can stop its pods while the rest still runs.
 STOP_ORDER = ("kubelet", "kube-scheduler", "kube-controller-manager", "kube-apiserver", "etcd")
+DEFAULT_NODES = 2
 KUBELET_GRACE_S = 45.0  # the kubelet stops its pods on SIGTERM, honouring their grace periods
 
 
@@ -75,10 +79,21 @@ def admin_kubeconfig(state: Path | None = None) -> Path:
     return (state or paths.state_dir()) / "kubeconfig"
 
 
-def up(nodes: int = 2, gpus_per_node: int = 8, timeout: float = 90.0) -> Started:
-    """Start whatever is not already running (same command line), wait for /readyz and `nodes` Ready nodes."""
+def up(nodes: int | None = None, gpus_per_node: int | None = None, timeout: float = 90.0) -> Started:
+    """Start whatever is not already running (same command line), wait for /readyz and `nodes` Ready nodes.
+
+    `nodes` / `gpus_per_node` left as None keep what a running kubelet was started with (else 2 / 8), so a test
+    session joining a cluster brought up with `--nodes 4` does not reshape it.
+    """
     state = paths.state_dir()
     state.mkdir(parents=True, exist_ok=True)
+    with _exclusive(state):
+        return _up(state, nodes, gpus_per_node, timeout)
+
+
+def _up(state: Path, nodes: int | None, gpus_per_node: int | None, timeout: float) -> Started:
+    nodes = nodes if nodes is not None else _running_kubelet_flag(state, "nodes", DEFAULT_NODES)
+    gpus_per_node = gpus_per_node if gpus_per_node is not None else _running_kubelet_flag(state, "gpus-per-node", 8)
     certs = pki.ensure(state / "pki")
     admin = kubeconfig.write(admin_kubeconfig(state), certs, "admin", "admin")
     cm_config = kubeconfig.write(state / "controller-manager.kubeconfig", certs, "controller-manager", "cm")
@@ -114,6 +129,12 @@ def up(nodes: int = 2, gpus_per_node: int = 8, timeout: float = 90.0) -> Started
 def down() -> Stopped:
     """Stop the kubelet (and so its pods), the control plane and the pod network; kill any marked leftover."""
     state = paths.state_dir()
+    state.mkdir(parents=True, exist_ok=True)
+    with _exclusive(state):
+        return _down(state)
+
+
+def _down(state: Path) -> Stopped:
     stopped = []
     for name in STOP_ORDER:
         if processes.stop(state, name, grace=KUBELET_GRACE_S if name == "kubelet" else 10.0):
@@ -159,6 +180,27 @@ def _optional_module(name: str) -> ModuleType | None:
         log.warning("testbed.%s is not available: skipping it", name)
         return None
     return importlib.import_module(f"testbed.{name}")
+
+
+@contextmanager
+def _exclusive(state: Path) -> Iterator[None]:
+    """Serialise up/down: test sessions started at once must not both start etcd (the second waits, then finds
+    everything running)."""
+    with open(state / "lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _running_kubelet_flag(state: Path, flag: str, default: int) -> int:
+    tracked = processes.read(state, "kubelet")
+    if tracked is not None and tracked.alive():
+        for arg in tracked.argv:
+            if arg.startswith(f"--{flag}="):
+                return int(arg.split("=", 1)[1])
+    return default
 
 
 def _has_module(name: str) -> bool:

@@ -100,7 +100,7 @@ def _new_client(kubeconfig: str) -> ApiClient:
 
 
 @contextmanager
-def session_cluster(nodes: int = 2, gpus_per_node: int = 8) -> Iterator[Cluster]:
+def session_cluster(nodes: int | None = None, gpus_per_node: int | None = None) -> Iterator[Cluster]:
     """The cluster for a test session.
 
     KUBECONFIG set (and not the test bed's own): use that cluster as it is. Otherwise bring the test bed up

@@ -268,6 +268,20 @@ class Operator:
             slot.progress = sample
 
 
+def in_cluster_login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    """kopf's service-account login, but addressing the API server the way client-go does.
+
+    kopf's own helper hard-codes https://kubernetes.default.svc:443; the documented in-cluster contract is
+    KUBERNETES_SERVICE_HOST/PORT, which also holds where the API server does not listen on 443.
+    """
+    info = kopf.login_with_service_account(**kwargs)
+    host, port = os.environ.get("KUBERNETES_SERVICE_HOST"), os.environ.get("KUBERNETES_SERVICE_PORT")
+    if info is None or not host or not port:
+        return info
+    host = f"[{host}]" if ":" in host else host
+    return replace(info, server=f"https://{host}:{port}")
+
+
 def register(registry: kopf.OperatorRegistry, op: Operator) -> None:
     """Attach the handlers to `registry`, closing over `op`."""
 
@@ -288,7 +302,7 @@ def register(registry: kopf.OperatorRegistry, op: Operator) -> None:
 
     @kopf.on.login(registry=registry, id="login")
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
-        info = kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+        info = in_cluster_login(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
         if info is not None and op.client is None:
             op.client = KubeClient(info)
         return info

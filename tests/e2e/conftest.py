@@ -10,14 +10,15 @@ import json
 import shutil
 import socket
 import subprocess
+import threading
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import yaml
-
 from testbed.testing import Cluster, wait_for
 
 from .jobs import REPO
@@ -32,13 +33,24 @@ def operator(cluster: Cluster) -> Iterator[str]:
     # A `make demo` release left on the same cluster would manage our jobs too: one operator per job.
     cluster.helm("uninstall", "llmtrain", "-n", "llmtrain-system", "--wait", check=False)
     cluster.helm(
-        "upgrade", "--install", RELEASE, str(REPO / "charts" / "llmtrain-operator"),
-        "--namespace", OPERATOR_NAMESPACE, "--create-namespace",
-        "--set", "image.repository=llmtrain/operator", "--set", "image.tag=e2e",
-        "--set", "resyncSeconds=2",
-        "--wait", "--timeout", "4m",
+        "upgrade",
+        "--install",
+        RELEASE,
+        str(REPO / "charts" / "llmtrain-operator"),
+        "--namespace",
+        OPERATOR_NAMESPACE,
+        "--create-namespace",
+        "--set",
+        "image.repository=llmtrain/operator",
+        "--set",
+        "image.tag=e2e",
+        "--set",
+        "resyncSeconds=2",
+        "--wait",
+        "--timeout",
+        "4m",
         timeout=300,
-    )  # fmt: skip
+    )
     try:
         yield OPERATOR_NAMESPACE
     finally:
@@ -72,40 +84,78 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _scrape_targets(cluster: Cluster) -> list[dict]:
+    """Prometheus file_sd entries for every running pod's container port named `metrics`."""
+    from kubernetes import client
+
+    groups = []
+    for pod in client.CoreV1Api(cluster.api_client).list_pod_for_all_namespaces().items:
+        if not pod.status.pod_ip or pod.status.phase != "Running":
+            continue
+        for container in pod.spec.containers:
+            for port in container.ports or []:
+                if port.name == "metrics":
+                    groups.append(
+                        {
+                            "targets": [f"{pod.status.pod_ip}:{port.container_port}"],
+                            "labels": {"namespace": pod.metadata.namespace, "pod": pod.metadata.name},
+                        }
+                    )
+    return groups
+
+
+def _keep_targets_fresh(cluster: Cluster, path: Path, stop: threading.Event) -> None:
+    """Pod discovery from the Kubernetes API, written where Prometheus's file_sd watches (Debian's Prometheus is
+    built without kubernetes_sd)."""
+    while not stop.is_set():
+        try:
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(_scrape_targets(cluster)))
+            tmp.replace(path)
+        except Exception:  # an API hiccup: keep the last file, try again
+            pass
+        stop.wait(1.0)
+
+
 @pytest.fixture(scope="session")
 def prometheus(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prometheus]:
-    """Debian's Prometheus, discovering pods through the Kubernetes API (kubernetes_sd with our kubeconfig) and
-    scraping every container port named `metrics`: the operator's and each trainer pod's."""
+    """Debian's Prometheus scraping every container port named `metrics` (the operator's and each trainer pod's),
+    with targets discovered from the Kubernetes API."""
     binary = shutil.which("prometheus")
     if binary is None:
         pytest.fail("prometheus is not installed: run `make system-deps` (Debian package `prometheus`)")
     if not cluster.is_testbed:
         pytest.skip("the e2e Prometheus scrapes pod IPs from this machine; on kind use the chart's PodMonitor")
     work = tmp_path_factory.mktemp("prometheus")
+    targets = work / "targets.json"
+    targets.write_text("[]")
     config = {
         "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "5s"},
         "scrape_configs": [
             {
                 "job_name": "llmtrain-pods",
                 "honor_labels": True,  # keep the trainer's own `job` label (the LLMTrainingJob's name)
-                "kubernetes_sd_configs": [{"role": "pod", "kubeconfig_file": cluster.kubeconfig}],
-                "relabel_configs": [
-                    {"source_labels": ["__meta_kubernetes_pod_container_port_name"], "regex": "metrics",
-                     "action": "keep"},
-                    {"source_labels": ["__meta_kubernetes_namespace"], "target_label": "namespace"},
-                    {"source_labels": ["__meta_kubernetes_pod_name"], "target_label": "pod"},
-                ],
+                "file_sd_configs": [{"files": [str(targets)], "refresh_interval": "1s"}],
             }
         ],
-    }  # fmt: skip
+    }
     (work / "prometheus.yml").write_text(yaml.safe_dump(config))
+    stop = threading.Event()
+    discovery = threading.Thread(target=_keep_targets_fresh, args=(cluster, targets, stop), daemon=True)
+    discovery.start()
     port = _free_port()
     log = (work / "prometheus.log").open("w")
     proc = subprocess.Popen(
-        [binary, f"--config.file={work / 'prometheus.yml'}", f"--storage.tsdb.path={work / 'data'}",
-         f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
-        stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
+        [
+            binary,
+            f"--config.file={work / 'prometheus.yml'}",
+            f"--storage.tsdb.path={work / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--log.level=warn",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     prom = Prometheus(url=f"http://127.0.0.1:{port}")
 
     def ready() -> bool:
@@ -119,10 +169,10 @@ def prometheus(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> It
         wait_for(ready, timeout=60, what=f"Prometheus ready (log: {work / 'prometheus.log'})")
         yield prom
     finally:
+        stop.set()
         proc.terminate()
         try:
             proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
-

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,7 +12,6 @@ from typing import Any
 
 import yaml
 from kubernetes import client
-
 from testbed.testing import Cluster, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
@@ -133,6 +133,18 @@ def kill_one_worker(cluster: Cluster, namespace: str, job_name: str) -> str:
     )
     cluster.kubectl("-n", namespace, "exec", pod, "-c", "trainer", "--", "python", "-c", script)
     return f"a worker in {pod}"
+
+
+def resumed_from_step(cluster: Cluster, namespace: str, job_name: str) -> int | None:
+    """The checkpoint step rank 0 of the current gang loaded, from its log (`checkpoint_loaded checkpoint_step=N`)."""
+    try:
+        log = client.CoreV1Api(cluster.api_client).read_namespaced_pod_log(
+            f"{job_name}-node-0", namespace, container="trainer"
+        )
+    except client.ApiException:
+        return None
+    found = re.findall(r"checkpoint_loaded checkpoint_step=(\d+)", log)
+    return int(found[-1]) if found else None
 
 
 def claim_directory(cluster: Cluster, namespace: str, claim: str) -> Path:

@@ -8,7 +8,6 @@ import copy
 import pytest
 from kubernetes import client
 from kubernetes.client.rest import ApiException
-
 from testbed.testing import Cluster, wait_for
 
 from .jobs import create_job, node_pods, status, tiny_job
@@ -51,8 +50,11 @@ def test_heads_not_divisible_by_tensor_parallel_fails_as_invalid_spec_without_po
     job["spec"]["parallelism"]["tensorParallel"] = 2
     create_job(cluster, namespace, copy.deepcopy(job))
 
-    st = wait_for(lambda: status(cluster, namespace, "heads").get("phase") == "Failed" and status(cluster, namespace, "heads"),
-                  timeout=60, what="the job to be marked Failed")  # fmt: skip
+    def failed_status() -> dict | None:
+        st = status(cluster, namespace, "heads")
+        return st if st.get("phase") == "Failed" else None
+
+    st = wait_for(failed_status, timeout=60, what="the job to be marked Failed")
     failed = next(c for c in st["conditions"] if c["type"] == "Failed")
     assert failed["reason"] == "InvalidSpec"
     assert "heads" in failed["message"]

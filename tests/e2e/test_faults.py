@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from kubernetes import client
-
 from testbed.testing import Cluster, wait_for
 
 from .conftest import OPERATOR_NAMESPACE, operator_pods
@@ -14,6 +13,7 @@ from .jobs import (
     node_pods,
     patch_job,
     progress,
+    resumed_from_step,
     status,
     tiny_job,
     trainer_processes,
@@ -27,8 +27,10 @@ INTERVAL = 10
 
 def wait_for_checkpoint(cluster: Cluster, ns: str, name: str, at_least: int = INTERVAL) -> int:
     return wait_for(
-        lambda: (progress(cluster, ns, name).get("lastCheckpointStep") or 0) >= at_least
-        and progress(cluster, ns, name)["lastCheckpointStep"],
+        lambda: (
+            (progress(cluster, ns, name).get("lastCheckpointStep") or 0) >= at_least
+            and progress(cluster, ns, name)["lastCheckpointStep"]
+        ),
         timeout=300,
         what=f"{name} to report a checkpoint at step >= {at_least}",
     )
@@ -45,9 +47,10 @@ def test_a_killed_worker_restarts_the_gang_which_resumes_from_the_checkpoint(
 
     wait_for(lambda: status(cluster, namespace, "fault").get("restarts") == 1, timeout=120, what="a gang restart")
     # The new gang starts from the newest complete checkpoint, not from step 0.
-    first_step = wait_for(lambda: progress(cluster, namespace, "fault").get("step"), timeout=240,
-                          what="progress after the restart")  # fmt: skip
-    assert first_step >= saved
+    resumed = wait_for(
+        lambda: resumed_from_step(cluster, namespace, "fault"), timeout=240, what="the new gang to load a checkpoint"
+    )
+    assert resumed >= saved
     final = wait_phase(cluster, namespace, "fault", "Succeeded", timeout=600)
     assert final["restarts"] == 1
     assert final["progress"]["step"] == STEPS
@@ -65,15 +68,27 @@ def test_deleting_a_running_job_removes_its_children_and_processes(
 
     core = client.CoreV1Api(cluster.api_client)
     selector = "llmtrain.dev/job-name=doomed"
-    wait_for(lambda: not core.list_namespaced_pod(namespace, label_selector=selector).items, timeout=120,
-             what="the node pods to be garbage-collected")  # fmt: skip
-    wait_for(lambda: not core.list_namespaced_service(namespace, field_selector="metadata.name=doomed").items,
-             timeout=60, what="the Service to be garbage-collected")  # fmt: skip
-    wait_for(lambda: not core.list_namespaced_config_map(namespace, field_selector="metadata.name=doomed-config").items,
-             timeout=60, what="the ConfigMap to be garbage-collected")  # fmt: skip
+    wait_for(
+        lambda: not core.list_namespaced_pod(namespace, label_selector=selector).items,
+        timeout=120,
+        what="the node pods to be garbage-collected",
+    )
+    wait_for(
+        lambda: not core.list_namespaced_service(namespace, field_selector="metadata.name=doomed").items,
+        timeout=60,
+        what="the Service to be garbage-collected",
+    )
+    wait_for(
+        lambda: not core.list_namespaced_config_map(namespace, field_selector="metadata.name=doomed-config").items,
+        timeout=60,
+        what="the ConfigMap to be garbage-collected",
+    )
     if cluster.is_testbed:
-        wait_for(lambda: not list(trainer_processes("doomed", workers_only=False)), timeout=60,
-                 what="no trainer process of the job left on the machine")  # fmt: skip
+        wait_for(
+            lambda: not list(trainer_processes("doomed", workers_only=False)),
+            timeout=60,
+            what="no trainer process of the job left on the machine",
+        )
 
 
 def test_suspend_removes_the_pods_and_resume_continues_from_the_checkpoint(
@@ -92,7 +107,7 @@ def test_suspend_removes_the_pods_and_resume_continues_from_the_checkpoint(
     final = wait_phase(cluster, namespace, "pausable", "Succeeded", timeout=600)
     assert final["progress"]["step"] == STEPS
     assert final["restarts"] == 0, "a suspension is not a failure"
-    assert (final["progress"].get("lastCheckpointStep") or 0) >= saved
+    assert resumed_from_step(cluster, namespace, "pausable") >= saved
 
 
 def test_a_replaced_operator_adopts_the_running_job_without_duplicates(
@@ -105,10 +120,14 @@ def test_a_replaced_operator_adopts_the_running_job_without_duplicates(
 
     cluster.kubectl("-n", OPERATOR_NAMESPACE, "delete", "pod", old["metadata"]["name"], "--wait=false")
     wait_for(
-        lambda: [p for p in operator_pods(cluster) if p["metadata"]["uid"] != old["metadata"]["uid"]
-                 and p.get("status", {}).get("phase") == "Running"],
-        timeout=120, what="a replacement operator pod",
-    )  # fmt: skip
+        lambda: [
+            p
+            for p in operator_pods(cluster)
+            if p["metadata"]["uid"] != old["metadata"]["uid"] and p.get("status", {}).get("phase") == "Running"
+        ],
+        timeout=120,
+        what="a replacement operator pod",
+    )
 
     final = wait_phase(cluster, namespace, "adopted", "Succeeded", timeout=600)
     after = {p.metadata.uid for p in node_pods(cluster, namespace, "adopted")}

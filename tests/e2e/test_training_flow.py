@@ -1,4 +1,4 @@
-"""The whole flow on one job: helm-installed operator → tiny FSDP job (2 nodes × 2 processes) → Succeeded,
+"""The whole flow on one job: helm-installed operator → tiny FSDP job (2 nodes x 2 processes) → Succeeded,
 with progress in status, checkpoints on the claim, and metrics in a real Prometheus."""
 
 from __future__ import annotations
@@ -8,7 +8,6 @@ from dataclasses import dataclass
 
 import pytest
 from kubernetes import client
-
 from testbed.testing import Cluster, fresh_namespace
 
 from .conftest import Prometheus
@@ -46,7 +45,9 @@ def finished_run(cluster: Cluster, operator: str, prometheus: Prometheus) -> Fin
         ckpt_dir = str(claim_directory(cluster, ns, claim)) if cluster.is_testbed else None
         series = prometheus.query(f'llmtrain_loss{{namespace="{ns}"}}[10m]')
         samples = [float(v) for s in series for _, v in s["values"]]
-        operator_series = sorted({r["metric"]["__name__"] for r in prometheus.query('{__name__=~"llmtrain_operator_.+"}')})
+        operator_series = sorted(
+            {r["metric"]["__name__"] for r in prometheus.query('{__name__=~"llmtrain_operator_.+"}')}
+        )
         return FinishedRun(ns, "tiny", status, log, ckpt_dir, samples, operator_series)
 
 

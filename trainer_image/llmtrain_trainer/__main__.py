@@ -47,6 +47,9 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(EXIT_BAD_CONFIG, f"invalid config: {e}")
     except Diverged as e:
         return _fail(EXIT_DIVERGED, f"diverged: {e}")
+    except Exception as e:  # transient as far as we know: say what happened, let the traceback follow
+        write_termination_message(1, f"{type(e).__name__}: {e}")
+        raise
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()

@@ -54,6 +54,9 @@ class ParallelismConfig(_Model):
     data_parallel: Literal["ddp", "fsdp"] = Field("fsdp", description="Data-parallel strategy.")
     sharding: Literal["zero2", "zero3", "hybrid"] = Field("zero3", description="FSDP sharding (ignored for ddp).")
     tensor_parallel: int = Field(1, ge=1, description="Tensor-parallel degree (within a node).")
+    loss_parallel: bool = Field(
+        True, description="With tensorParallel > 1, compute the loss on vocabulary-sharded logits (no gather)."
+    )
 
 
 class OptimizerConfig(_Model):

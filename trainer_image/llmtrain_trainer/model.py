@@ -98,8 +98,6 @@ def _default_ffn(dim: int) -> int:
 def validate_model_args(args: ModelArgs) -> list[str]:
     """Shape problems as 'field: reason' lines (empty when fine)."""
     problems = []
-    if args.vocab_size < 2:
-        problems.append("model.vocabSize: must be at least 2")
     if args.dim % args.n_heads:
         problems.append(f"model.dim: {args.dim} is not divisible by model.heads {args.n_heads}")
     elif args.head_dim % 2:

@@ -83,8 +83,12 @@ def dp_coordinates(mesh: DeviceMesh) -> tuple[int, int]:
     return r.get_local_rank() * s.size() + s.get_local_rank(), r.size() * s.size()
 
 
-def apply_tp(model: Transformer, tp_mesh: DeviceMesh) -> None:
-    """Megatron-style TP with sequence parallelism: activations between blocks are sharded on the sequence."""
+def apply_tp(model: Transformer, tp_mesh: DeviceMesh, *, loss_parallel: bool) -> None:
+    """Megatron-style TP with sequence parallelism: activations between blocks are sharded on the sequence.
+
+    With loss_parallel the logits stay sharded on the vocabulary (a DTensor) and the loss must be computed and
+    backpropagated inside `torch.distributed.tensor.parallel.loss_parallel()`.
+    """
     from torch.distributed.tensor import Replicate, Shard
     from torch.distributed.tensor.parallel import (
         ColwiseParallel,
@@ -100,7 +104,11 @@ def apply_tp(model: Transformer, tp_mesh: DeviceMesh) -> None:
         {
             "tok_embeddings": RowwiseParallel(input_layouts=Replicate(), output_layouts=Shard(1)),
             "norm": SequenceParallel(),
-            "output": ColwiseParallel(input_layouts=Shard(1), output_layouts=Replicate()),
+            "output": ColwiseParallel(
+                input_layouts=Shard(1),
+                output_layouts=Shard(-1) if loss_parallel else Replicate(),
+                use_local_output=not loss_parallel,
+            ),
         },
     )
     for block in model.layers.values():
@@ -194,11 +202,18 @@ def apply_ddp(model: nn.Module, dp_mesh: DeviceMesh) -> nn.Module:
 
 
 def parallelize(
-    model: Transformer, mesh: DeviceMesh, dims: ParallelDims, *, precision: str, ac: str, compile_blocks: bool
+    model: Transformer,
+    mesh: DeviceMesh,
+    dims: ParallelDims,
+    *,
+    precision: str,
+    ac: str,
+    compile_blocks: bool,
+    loss_parallel: bool = False,
 ) -> nn.Module:
-    """Apply everything in order; the model is still on the meta device afterwards (except under DDP)."""
+    """Apply everything in order; the model is still on the meta device afterwards (DDP wraps it later)."""
     if dims.tp > 1:
-        apply_tp(model, mesh["tp"])
+        apply_tp(model, mesh["tp"], loss_parallel=loss_parallel)
     if ac != "none":
         apply_activation_checkpointing(model, ac)
     if compile_blocks:

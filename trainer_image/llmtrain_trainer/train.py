@@ -14,6 +14,8 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+from torch.distributed.tensor import DTensor
+from torch.distributed.tensor.parallel import loss_parallel as loss_parallel_ctx
 
 from .checkpoint import Checkpointer, rng_state, set_rng_state
 from .config import ConfigError, TrainerConfig
@@ -121,12 +123,12 @@ def train(cfg: TrainerConfig, rt: Runtime, stop: StopRequest) -> int:
     tc = cfg.training
     log = RunLog(job=cfg.job_name, rank=rt.rank, json_lines=cfg.logging.json_lines, enabled=rt.rank == 0)
     dims = parallel_dims(cfg.parallelism, world_size=rt.world_size, local_world_size=rt.local_world_size)
-    args = resolve_model_args(cfg.model, seq_len=cfg.data.seq_len, tokenizer_vocab=tokenizer_vocab(cfg.data))
+    vocab_needed = tokenizer_vocab(cfg.data)
+    args = resolve_model_args(cfg.model, seq_len=cfg.data.seq_len, tokenizer_vocab=vocab_needed)
     problems = validate_model_args(args)
     if problems:
         raise ConfigError("; ".join(problems))
     check_model_fits(dims, args)
-    vocab_needed = tokenizer_vocab(cfg.data)
     if vocab_needed and vocab_needed > args.vocab_size:
         raise ConfigError(f"model.vocabSize: {args.vocab_size} is smaller than the tokenizer's {vocab_needed}")
     per_rank = tc.global_batch_size // dims.dp if tc.global_batch_size % dims.dp == 0 else 0
@@ -152,7 +154,16 @@ def train(cfg: TrainerConfig, rt: Runtime, stop: StopRequest) -> int:
     with torch.device("meta"):
         model = Transformer(args)
     shapes = {name: tuple(p.shape) for name, p in model.named_parameters()}
-    parallelize(model, mesh, dims, precision=cfg.precision, ac=tc.activation_checkpointing, compile_blocks=tc.compile)
+    loss_parallel = cfg.parallelism.loss_parallel and dims.tp > 1
+    parallelize(
+        model,
+        mesh,
+        dims,
+        precision=cfg.precision,
+        ac=tc.activation_checkpointing,
+        compile_blocks=tc.compile,
+        loss_parallel=loss_parallel,
+    )
     model.to_empty(device=rt.device)
     model.init_buffers(rt.device)
     init_parameters(model, shapes, seed=tc.seed, n_layers=args.n_layers, device=rt.device)
@@ -228,14 +239,14 @@ def train(cfg: TrainerConfig, rt: Runtime, stop: StopRequest) -> int:
                 model.set_requires_gradient_sync(last)  # FSDP: reduce-scatter only on the last micro-batch
             elif not last:
                 sync_ctx = model.no_sync()  # DDP: all-reduce only on the last micro-batch
-            with sync_ctx:
+            with sync_ctx, loss_parallel_ctx() if loss_parallel else nullcontext():
                 with torch.autocast(rt.device.type, dtype=autocast_dtype) if autocast_dtype else nullcontext():
                     logits = model(x)
                 loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten()) / accum
                 if step + 1 in inject_nan_loss:
                     loss = loss * float("nan")
                 scaler.scale_loss(loss).backward()
-            loss_sum += loss.detach()
+            loss_sum += loss.detach().full_tensor() if isinstance(loss, DTensor) else loss.detach()
         with torch.no_grad():
             scaler.unscale_(params)
             if step + 1 in inject_inf_grad and rt.rank == 0:

@@ -75,14 +75,15 @@ tests/unit/ship/test_chart_render.py compares the rendered rules with it.
   verbs: ["create", "patch"]
 {{- end }}
 
-{{/* What kopf needs cluster-wide to discover the CRD (and, when watching every namespace, the namespaces). */}}
+{{/*
+What kopf needs cluster-wide in both modes: it discovers the CRD and lists/watches namespaces even when it is given
+explicit namespace names (without it, it retries and never starts watching jobs).
+*/}}
 {{- define "llmtrain-operator.discoveryRules" -}}
 - apiGroups: ["apiextensions.k8s.io"]
   resources: ["customresourcedefinitions"]
   verbs: ["list", "watch"]
-{{- if not .Values.watchNamespaces }}
 - apiGroups: [""]
   resources: ["namespaces"]
   verbs: ["list", "watch"]
-{{- end }}
 {{- end }}

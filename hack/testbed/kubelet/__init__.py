@@ -9,14 +9,23 @@ from pathlib import Path
 
 
 def cleanup(state_dir: Path) -> None:
-    """After the kubelet stopped (or died): kill leftover pod processes, remove sandboxes and emptyDir tmpfs mounts.
-
-    `testbed down` calls this; it is what the kubelet itself does on SIGTERM, for the case it could not.
+    """After the kubelet stopped (or died) and before etcd's data is dropped: kill leftover pod processes, remove
+    sandboxes and emptyDir mounts, drop PVC directories and IP allocations (their API objects die with etcd), and
+    keep the last cluster's pod logs in `pods.previous/` for post-mortems. `testbed down` calls this.
     """
+    import shutil
+
     from .. import network
     from .volumes import unmount_under
 
     for ns in network.list_pod_netns():
         network.delete_pod_netns(ns[len(network.NETNS_PREFIX) :])
-    if (state_dir / "pods").is_dir():
-        unmount_under(state_dir / "pods")
+    pods = state_dir / "pods"
+    if pods.is_dir():
+        unmount_under(pods)
+        for scratch in [*pods.glob("*/volumes"), *pods.glob("*/tmp"), *pods.glob("*/*/run-*")]:
+            shutil.rmtree(scratch, ignore_errors=True)
+        shutil.rmtree(state_dir / "pods.previous", ignore_errors=True)
+        pods.rename(state_dir / "pods.previous")
+    for name in ("pvc", "ipam"):
+        shutil.rmtree(state_dir / name, ignore_errors=True)

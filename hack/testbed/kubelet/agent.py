@@ -209,7 +209,13 @@ class Kubelet:
         network.ensure_bridge()
         self._clean_leftovers()
         self._start_logs_servers()
-        self.node_agent.register()
+        while not self.stopping.is_set():
+            try:
+                self.node_agent.register()
+                break
+            except Exception as exc:  # the API server may not be up yet, or restarting
+                log.warning("cannot register the nodes yet: %s; retrying", exc)
+                self.stopping.wait(2)
         self.node_agent.start()
         self.pods.start()
         self.services.start()

@@ -31,13 +31,16 @@ class ApiError(Exception):
 class Api:
     """JSON requests against the cluster the kubeconfig names."""
 
-    def __init__(self, kubeconfig: str) -> None:
-        cfg = client.Configuration()
-        config.load_kube_config(config_file=kubeconfig, client_configuration=cfg)
-        cfg.connection_pool_maxsize = 32
-        cfg.retries = False
-        self._client = client.ApiClient(cfg)
-        self.host = cfg.host
+    def __init__(self, kubeconfig: str | None = None, api_client: client.ApiClient | None = None) -> None:
+        """From a kubeconfig file, or on top of an existing ApiClient (e.g. the test fixtures')."""
+        if api_client is None:
+            cfg = client.Configuration()
+            config.load_kube_config(config_file=kubeconfig, client_configuration=cfg)
+            cfg.connection_pool_maxsize = 32
+            cfg.retries = False
+            api_client = client.ApiClient(cfg)
+        self._client = api_client
+        self.host = api_client.configuration.host
 
     def _send(self, method: str, path: str, query: dict | None, body: Any, content_type: str | None, timeout: Any):
         headers = {"Accept": "application/json"}

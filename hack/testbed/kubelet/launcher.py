@@ -167,7 +167,7 @@ def _exec(spec: dict) -> None:
         os.execvpe(argv[0], argv, env)
     except OSError as exc:
         print(f"launcher: cannot run {argv[0]!r}: {exc}", file=sys.stderr)
-        os._exit(127)
+        os._exit(128)  # like a runtime's StartError
 
 
 def start_container(spec: dict) -> None:

@@ -21,6 +21,7 @@ from . import dns
 from .api import ApiError
 from .env import EnvError, PodFacts, container_argv, resolve_env
 from .probes import ProbeTarget, ProbeTracker, new_tracker, probe_once
+from .recovery import LOST_REASON, recover_container
 from .runner import ContainerProcess, LaunchSpec, Mount
 from .status import ContainerState, Terminated, pod_phase, pod_status, terminated_reason
 from .volumes import VolumeBuilder, VolumeError, unmount_under
@@ -34,8 +35,6 @@ TICK_S = 0.25
 MAX_BACKOFF_S = 10.0
 BACKOFF_RESET_S = 60.0
 MAX_TERMINATION_MESSAGE = 4096
-LOST_REASON = "ContainerStatusUnknown"
-LOST_MESSAGE = "The process kubelet restarted and lost the container's process"
 
 
 def now_iso() -> str:
@@ -45,19 +44,6 @@ def now_iso() -> str:
 def backoff_delay(restarts: int) -> float:
     """1 s, 2 s, 4 s, 8 s, then 10 s: the kubelet's crash-loop back-off, capped short for a test bed."""
     return min(MAX_BACKOFF_S, 2.0 ** max(restarts, 0))
-
-
-def _terminated_from_api(state: dict) -> Terminated | None:
-    term = (state or {}).get("terminated")
-    if not term:
-        return None
-    return Terminated(
-        exit_code=int(term.get("exitCode", 0)),
-        reason=term.get("reason", ""),
-        started_at=term.get("startedAt") or now_iso(),
-        finished_at=term.get("finishedAt") or now_iso(),
-        message=term.get("message", ""),
-    )
 
 
 class Container:
@@ -85,12 +71,12 @@ class Container:
         return pod_dir / self.name
 
 
-class PodWorker(threading.Thread):
-    """Runs one pod bound to one of our nodes until it is deleted (or the kubelet stops)."""
+class PodWorker:
+    """Runs one pod bound to one of our nodes, in its own thread, until it is deleted (or the kubelet stops)."""
 
     def __init__(self, kubelet: Kubelet, pod: dict) -> None:
         meta = pod["metadata"]
-        super().__init__(name=f"pod-{meta['namespace']}/{meta['name']}", daemon=True)
+        self.thread = threading.Thread(target=self.run, name=f"pod-{meta['namespace']}/{meta['name']}", daemon=True)
         self.kl = kubelet
         self.pod = pod
         self.ns, self.pod_name, self.uid = meta["namespace"], meta["name"], meta["uid"]
@@ -118,6 +104,9 @@ class PodWorker(threading.Thread):
 
     # ----- inputs from the kubelet -----
 
+    def start(self) -> None:
+        self.thread.start()
+
     def update(self, pod: dict) -> None:
         self.pod = pod
         self.wake.set()
@@ -142,7 +131,7 @@ class PodWorker(threading.Thread):
                     self._remove_pod_files()
                     return
                 if self.pod["metadata"].get("deletionTimestamp"):
-                    self._delete()
+                    self._finalize_deletion()
                     return
                 try:
                     self._step()
@@ -174,47 +163,28 @@ class PodWorker(threading.Thread):
     # ----- recovery after a kubelet restart -----
 
     def _recover_previous_run(self) -> None:
-        """Adopt what a previous kubelet run reported. Its processes died with it, so a container it reported
-        running is reported lost (exit 137, ContainerStatusUnknown) and then follows restartPolicy like any
-        exit: restarted with restartCount+1, or left terminated (restartPolicy Never: the pod fails).
-        Init containers that had completed are not rerun. Terminal pods are left exactly as they are."""
+        """Adopt what a previous kubelet run reported (see recovery.py); terminal pods are left as they are."""
         status = self.pod.get("status") or {}
+        self.ip = status.get("podIP")  # reported until a new sandbox gets a new address
         if status.get("phase") in ("Succeeded", "Failed"):
             self.frozen = True
             self.terminal_cleaned = True
-            self.ip = status.get("podIP")
             return
         previous = {
             s["name"]: s for s in (status.get("initContainerStatuses") or []) + (status.get("containerStatuses") or [])
         }
         now = now_iso()
         for c in [*self.init_containers, *self.containers]:
-            prev = previous.get(c.name) or {}
-            state = prev.get("state") or {}
-            c.state.restart_count = int(prev.get("restartCount", 0))
-            c.state.last_terminated = _terminated_from_api(prev.get("lastState"))
-            done = _terminated_from_api(state)
-            running = state.get("running")
-            if not (done or running):
-                if c.state.last_terminated is not None:
-                    c.state.waiting_reason, c.pending_restart = "CrashLoopBackOff", True
+            prev = previous.get(c.name)
+            if not prev:
                 continue
-            log.warning("%s container=%s: started by a previous kubelet run; its process is lost", self.ctx, c.name)
-            outcome = done or Terminated(137, LOST_REASON, running.get("startedAt") or now, now, LOST_MESSAGE)
-            if c.init:
-                if outcome.exit_code == 0:
-                    c.state.terminated, c.state.ready = outcome, True
-                    continue
-                restart = self.restart_policy != "Never"
-            else:
-                restart = self.restart_policy == "Always" or (
-                    self.restart_policy == "OnFailure" and outcome.exit_code != 0
-                )
-            if restart:
-                c.state.last_terminated, c.state.waiting_reason = outcome, "CrashLoopBackOff"
-                c.pending_restart = True
-            else:
-                c.state.terminated = outcome
+            image = c.state.image
+            c.state, c.pending_restart = recover_container(
+                c.name, prev, init=c.init, restart_policy=self.restart_policy, now=now
+            )
+            c.state.image = image
+            if any(t is not None and t.reason == LOST_REASON for t in (c.state.last_terminated, c.state.terminated)):
+                log.warning("%s container=%s: started by a previous kubelet run; its process is lost", self.ctx, c.name)
 
     # ----- one reconcile step -----
 
@@ -542,7 +512,7 @@ class PodWorker(threading.Thread):
         for run_dir in self.pod_dir.glob("*/run-*"):
             shutil.rmtree(run_dir, ignore_errors=True)
 
-    def _delete(self) -> None:
+    def _finalize_deletion(self) -> None:
         grace = self._grace()
         log.info("%s: deletion requested; stopping containers with %.0fs grace", self.ctx, grace)
         self._stop_everything(grace)

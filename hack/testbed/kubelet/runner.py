@@ -81,31 +81,53 @@ class ContainerProcess:
                 env={},
             )
         self.pid = self.proc.pid
+        self._ns_fd: int | None = None  # holds the container's mount namespace (so its id cannot be reused)
+        self._ns_id: tuple[int, int] | None = None
+        deadline = time.monotonic() + 2  # the launcher unshares within milliseconds
+        while self._ns_fd is None and self.proc.poll() is None and time.monotonic() < deadline:
+            self._capture_ns()
+            time.sleep(0.005)
+
+    def _capture_ns(self) -> None:
+        """Once the launcher unshared, hold the namespace open: its id then identifies this container's processes
+        until we let go (a freed namespace's inode number is reused by the next container's)."""
+        if self._ns_fd is not None or self.proc.returncode is not None:
+            return
+        try:
+            recorded = (self.run_dir / "mnt-ns").read_text().strip()
+            fd = os.open(f"/proc/{self.pid}/ns/mnt", os.O_RDONLY)
+        except OSError:
+            return
+        if recorded and os.readlink(f"/proc/{self.pid}/ns/mnt") == recorded:
+            st = os.fstat(fd)
+            self._ns_fd, self._ns_id = fd, (st.st_dev, st.st_ino)
+        else:
+            os.close(fd)
 
     def poll(self) -> int | None:
         """The exit code once the main process ended (negative signal numbers become 128+n, like a runtime)."""
+        self._capture_ns()
         code = self.proc.poll()
         if code is not None and code < 0:
             return 128 - code
         return code
 
-    def mnt_ns(self) -> str | None:
-        try:
-            return (self.run_dir / "mnt-ns").read_text().strip() or None
-        except FileNotFoundError:
-            return None
-
     def _tree(self) -> list[int]:
-        """Processes of this container: its process group plus anything sharing its mount namespace."""
-        ns = self.mnt_ns()
-        own_ns = os.readlink("/proc/self/ns/mnt")
+        """Processes of this container: those in its (held) mount namespace, plus its process group while the
+        main process is not reaped (before that the group id cannot belong to anyone else)."""
         pids: set[int] = set()
+        group_valid = self.proc.returncode is None
         for entry in os.listdir("/proc"):
             if not entry.isdigit():
                 continue
             pid = int(entry)
             try:
-                if (ns and ns != own_ns and os.readlink(f"/proc/{pid}/ns/mnt") == ns) or os.getpgid(pid) == self.pid:
+                if self._ns_id is not None:
+                    st = os.stat(f"/proc/{pid}/ns/mnt")
+                    if (st.st_dev, st.st_ino) == self._ns_id:
+                        pids.add(pid)
+                        continue
+                if group_valid and os.getpgid(pid) == self.pid:
                     pids.add(pid)
             except (OSError, ProcessLookupError):
                 continue
@@ -113,12 +135,15 @@ class ContainerProcess:
         return sorted(pids)
 
     def signal_group(self, sig: int) -> None:
+        if self.proc.returncode is not None:
+            return  # reaped: the group id may belong to someone else by now
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.pid, sig)
 
     def stop(self, grace_s: float) -> int | None:
         """SIGTERM the process group, wait up to `grace_s` for the main process, then SIGKILL the whole tree."""
-        if self.poll() is None:
+        self._capture_ns()
+        if self.proc.returncode is None:
             self.signal_group(signal.SIGTERM)
             deadline = time.monotonic() + max(grace_s, 0)
             while self.poll() is None and time.monotonic() < deadline:
@@ -127,7 +152,9 @@ class ContainerProcess:
         return self.poll()
 
     def kill_tree(self) -> None:
-        """SIGKILL every process of the container (also children that outlived the main process) and reap."""
+        """SIGKILL every process of the container (also children that outlived the main process), reap, and
+        release the namespace."""
+        self._capture_ns()
         for _ in range(100):
             self.signal_group(signal.SIGKILL)
             pids = self._tree()
@@ -141,6 +168,9 @@ class ContainerProcess:
             self.proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
             log.error("container process %d did not die after SIGKILL", self.pid)
+        if self._ns_fd is not None:
+            os.close(self._ns_fd)
+        self._ns_fd = self._ns_id = None
 
 
 def exec_in_container(

@@ -20,9 +20,15 @@ def unique(prefix: str) -> str:
     return f"{prefix}-{secrets.token_hex(3)}"
 
 
+def server_version(cluster: Any) -> str:
+    """The API server's version, so `helm template` renders for this cluster (not helm's built-in default)."""
+    return json.loads(cluster.kubectl("version", "--output=json").stdout)["serverVersion"]["gitVersion"]
+
+
 def render(cluster: Any, release: str, namespace: str, *flags: str) -> list[dict[str, Any]]:
     """`helm template` of the chart, as objects (the helm test pod included, CRDs not)."""
-    out = cluster.helm("template", release, str(CHART), "--namespace", namespace, *flags).stdout
+    argv = ["template", release, str(CHART), "--namespace", namespace, "--kube-version", server_version(cluster)]
+    out = cluster.helm(*argv, *flags).stdout
     return [d for d in yaml.safe_load_all(out) if d]
 
 

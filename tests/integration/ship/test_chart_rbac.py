@@ -7,14 +7,19 @@ ServiceAccount. Secrets stay out of reach.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from typing import Any
 
 import pytest
+import yaml
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 from llmtrain_operator.rbac import RULES
+from testbed.testing import wait_for
 
-from .chart_on_cluster import as_list, find, render, unique
+from .chart_on_cluster import REPO, as_list, find, render, unique
 
 CLUSTER_SCOPED = {"customresourcedefinitions", "namespaces"}
 PERMISSIONS = {(g, r, v) for rule in RULES for g in rule["apiGroups"] for r in rule["resources"] for v in rule["verbs"]}
@@ -64,6 +69,12 @@ def _token_client(cluster: Any, namespace: str, user: str) -> client.ApiClient:
     return client.ApiClient(config)
 
 
+def _pythonpath() -> dict[str, str]:
+    """The operator package importable in a child process, installed or not."""
+    paths = [str(REPO / "operator"), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    return {"PYTHONPATH": os.pathsep.join(paths)}
+
+
 def test_cluster_wide_service_account_may_do_exactly_what_the_operator_declares(
     cluster, llmtrain_crd, namespace, cluster_scoped
 ):
@@ -80,8 +91,8 @@ def test_namespaced_service_account_is_confined_to_its_namespaces(cluster, llmtr
     for group, resource, verb in sorted(p for p in PERMISSIONS if p[1] not in CLUSTER_SCOPED):
         assert _can_i(cluster, user, group, resource, verb, namespace), f"{user} cannot {verb} {resource}"
         assert not _can_i(cluster, user, group, resource, verb, "default"), f"{user} may {verb} {resource} elsewhere"
-    assert _can_i(cluster, user, "apiextensions.k8s.io", "customresourcedefinitions", "watch", None)
-    assert not _can_i(cluster, user, "", "namespaces", "list", None), "a namespaced operator needs no namespace list"
+    for group, resource, verb in sorted(p for p in PERMISSIONS if p[1] in CLUSTER_SCOPED):
+        assert _can_i(cluster, user, group, resource, verb, None), f"kopf needs {verb} {resource} cluster-wide"
     for group, resource, verb in FORBIDDEN:
         assert not _can_i(cluster, user, group, resource, verb, namespace)
 
@@ -107,3 +118,70 @@ def test_requests_with_the_service_accounts_token_succeed_and_secrets_are_forbid
         with pytest.raises(ApiException) as denied:
             core.read_namespaced_secret("anything", namespace)
         assert denied.value.status == 403
+
+
+def test_operator_authenticated_as_the_namespaced_service_account_reconciles_a_job(
+    cluster, llmtrain_crd, namespace, cluster_scoped, tmp_path
+):
+    """The real operator, given only a token of the chart's ServiceAccount, writes children, events and status."""
+    user = _install_rbac(cluster, namespace, cluster_scoped, "--set", f"watchNamespaces={{{namespace}}}")
+    token = cluster.kubectl("create", "token", user.rsplit(":", 1)[1], "--namespace", namespace).stdout.strip()
+    admin = cluster.api_client.configuration
+    kubeconfig = tmp_path / "service-account.kubeconfig"
+    kubeconfig.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [
+                    {"name": "c", "cluster": {"server": admin.host, "certificate-authority": admin.ssl_ca_cert}}
+                ],
+                "users": [{"name": "operator", "user": {"token": token}}],
+                "contexts": [{"name": "c", "context": {"cluster": "c", "user": "operator", "namespace": namespace}}],
+                "current-context": "c",
+            }
+        )
+    )
+    log_path = tmp_path / "operator.log"
+    argv = [
+        sys.executable,
+        "-m",
+        "llmtrain_operator",
+        f"--namespace={namespace}",
+        "--metrics-port=0",
+        "--health-port=0",
+        "--resync-seconds=2",
+    ]
+    with log_path.open("w") as log:
+        operator = subprocess.Popen(
+            argv,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "KUBECONFIG": str(kubeconfig), **_pythonpath()},
+        )
+    try:
+        job = yaml.safe_load((REPO / "examples" / "tiny-cpu.yaml").read_text())
+        job["metadata"]["name"] = "held"
+        job["spec"]["runPolicy"]["suspend"] = True  # reconciled (ConfigMap, Service, status) without training
+        cluster.kubectl("apply", "--namespace", namespace, "-f", "-", input=yaml.safe_dump(job))
+        jobs = client.CustomObjectsApi(cluster.api_client)
+
+        def phase() -> str | None:
+            got = jobs.get_namespaced_custom_object("llmtrain.dev", "v1alpha1", namespace, "llmtrainingjobs", "held")
+            return (got.get("status") or {}).get("phase")
+
+        try:
+            wait_for(lambda: phase() == "Suspended", timeout=60, what="the job to be Suspended")
+        except AssertionError as timeout:
+            raise AssertionError(f"{timeout}\noperator log:\n{log_path.read_text()[-3000:]}") from None
+        core = client.CoreV1Api(cluster.api_client)
+        assert core.read_namespaced_config_map("held-config", namespace).data
+        assert core.read_namespaced_service("held", namespace).spec.cluster_ip == "None"
+        assert "Forbidden" not in log_path.read_text(), log_path.read_text()[-3000:]
+    finally:
+        operator.terminate()
+        try:
+            operator.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            operator.kill()
+            operator.wait(timeout=5)

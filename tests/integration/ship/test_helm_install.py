@@ -76,7 +76,7 @@ def test_installed_operator_runs_as_the_charts_service_account(cluster, release)
 
 def test_installed_operator_answers_healthz_and_metrics(cluster, release):
     if not cluster.is_testbed:
-        pytest.skip("pod IPs are reachable from the host only on the test bed; kind runs `helm test` instead")
+        pytest.skip("pod IPs are reachable from the host only on the test bed")
     pod = _operator_pod(cluster, *release)
     status, _ = wait_for(
         lambda: _get(f"http://{pod.status.pod_ip}:8081/healthz"),
@@ -87,6 +87,13 @@ def test_installed_operator_answers_healthz_and_metrics(cluster, release):
     assert status == 200
     status, body = _get(f"http://{pod.status.pod_ip}:8080/metrics")
     assert status == 200 and "llmtrain_operator_" in body
+
+
+def test_helm_test_reaches_healthz_through_the_service(cluster, release):
+    name, namespace = release
+    result = cluster.helm("test", name, "--namespace", namespace, "--timeout", "120s", "--logs", timeout=150)
+    assert "Phase:          Succeeded" in result.stdout, result.stdout
+    assert "/healthz: HTTP 200" in result.stdout, result.stdout
 
 
 def test_installed_operator_reconciles_a_job_in_its_namespace(cluster, release):
@@ -101,7 +108,13 @@ def test_installed_operator_reconciles_a_job_in_its_namespace(cluster, release):
         got = objects.get_namespaced_custom_object("llmtrain.dev", "v1alpha1", namespace, "llmtrainingjobs", "held")
         return (got.get("status") or {}).get("phase")
 
-    assert wait_for(lambda: phase() == "Suspended", timeout=90, what="the job to be Suspended")
+    try:
+        wait_for(lambda: phase() == "Suspended", timeout=90, what="the job to be Suspended")
+    except AssertionError as timeout:
+        logs = cluster.kubectl(
+            "logs", "--namespace", namespace, f"deployment/{name}-llmtrain-operator", "--tail=15", check=False
+        )
+        raise AssertionError(f"{timeout}\noperator log tail:\n{logs.stdout}{logs.stderr}") from None
     if cluster.is_testbed:
         pod = _operator_pod(cluster, name, namespace)
         _, metrics = _get(f"http://{pod.status.pod_ip}:8080/metrics")

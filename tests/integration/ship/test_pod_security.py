@@ -39,6 +39,9 @@ def test_restricted_namespace_rejects_a_pod_without_a_security_context(cluster, 
 @pytest.mark.parametrize("values", [[], ["--set", "watchNamespaces={team-a}"]], ids=["cluster-wide", "namespaced"])
 def test_operator_and_helm_test_pods_are_admitted_in_a_restricted_namespace(cluster, restricted_namespace, values):
     objects = render(cluster, unique("psa"), restricted_namespace, *values)
+    cluster.kubectl(
+        "apply", "--namespace", restricted_namespace, "-f", "-", input=as_list(find(objects, "ServiceAccount"))
+    )
     (deployment,) = find(objects, "Deployment")
     pods = [pod_from_template(deployment, "operator"), *find(objects, "Pod")]
     assert len(pods) == 2, "expected the operator pod and the helm test pod"

@@ -42,6 +42,13 @@ def binary(name: str) -> str:
     return found
 
 
+def kube_version() -> list[str]:
+    """Render for the test bed's Kubernetes (a helm built with `go install` otherwise assumes v1.20)."""
+    from testbed import paths
+
+    return ["--kube-version", paths.K8S_VERSION]
+
+
 def run(argv: list[str], scratch: Path, input: str | None = None) -> subprocess.CompletedProcess[str]:
     """Run a tool with helm's caches in `scratch`, so tests never touch the user's helm configuration."""
     env = {
@@ -56,7 +63,7 @@ def run(argv: list[str], scratch: Path, input: str | None = None) -> subprocess.
 def helm_template(
     scratch: Path, values: dict[str, Any] | None = None, *extra: str, check: bool = True
 ) -> subprocess.CompletedProcess[str]:
-    argv = [binary("helm"), "template", RELEASE, str(CHART), "--namespace", RELEASE_NAMESPACE, *extra]
+    argv = [binary("helm"), "template", RELEASE, str(CHART), "--namespace", RELEASE_NAMESPACE, *kube_version(), *extra]
     if values is not None:
         path = scratch / f"values-{abs(hash(json.dumps(values, sort_keys=True)))}.yaml"
         path.write_text(yaml.safe_dump(values))
@@ -93,30 +100,39 @@ def swagger_path() -> Path:
     return path
 
 
-def _strict(node: Any) -> Any:
+def _strict(schema: Any) -> Any:
     """Close every object that lists its properties (unknown fields are errors) and widen the string-typed
-    int-or-string and Quantity formats to what YAML users write."""
-    if isinstance(node, list):
-        return [_strict(n) for n in node]
-    if not isinstance(node, dict):
-        return node
-    if node.get("format") == "int-or-string" or node.get("x-kubernetes-int-or-string"):
-        return {**INT_OR_STRING, **{k: v for k, v in node.items() if k == "description"}}
-    out = {k: _strict(v) for k, v in node.items()}
-    if out.get("nullable"):
-        out = {"anyOf": [{"type": "null"}, {k: v for k, v in out.items() if k != "nullable"}]}
-    elif (
+    int-or-string and Quantity formats to what YAML users write. Walks schema keywords only, so a property that
+    happens to be called `nullable` or `format` (as in JSONSchemaProps) is left alone."""
+    if not isinstance(schema, dict):
+        return schema
+    if schema.get("format") == "int-or-string" or schema.get("x-kubernetes-int-or-string") is True:
+        return {**INT_OR_STRING, **{k: v for k, v in schema.items() if k == "description"}}
+    out = dict(schema)
+    if isinstance(out.get("properties"), dict):
+        out["properties"] = {k: _strict(v) for k, v in out["properties"].items()}
+    if isinstance(out.get("items"), dict):
+        out["items"] = _strict(out["items"])
+    if isinstance(out.get("additionalProperties"), dict):
+        out["additionalProperties"] = _strict(out["additionalProperties"])
+    for key in ("allOf", "anyOf", "oneOf"):
+        if isinstance(out.get(key), list):
+            out[key] = [_strict(s) for s in out[key]]
+    if (
         "properties" in out
         and "additionalProperties" not in out
-        and not out.get("x-kubernetes-preserve-unknown-fields")
+        and out.get("x-kubernetes-preserve-unknown-fields") is not True
     ):
         out["additionalProperties"] = False
+    if out.get("nullable") is True:
+        out = {"anyOf": [{"type": "null"}, {k: v for k, v in out.items() if k != "nullable"}]}
     return out
 
 
 def _refs(node: Any) -> set[str]:
     if isinstance(node, dict):
-        found = {node["$ref"].removeprefix("#/definitions/")} if "$ref" in node else set()
+        ref = node.get("$ref")
+        found = {ref.removeprefix("#/definitions/")} if isinstance(ref, str) else set()
         return found.union(*(_refs(v) for v in node.values()))
     if isinstance(node, list):
         return set().union(*(_refs(v) for v in node))

@@ -72,7 +72,8 @@ def test_kind_script_builds_loads_installs_and_runs_the_e2e_suite_against_kind()
         "--target operator",
         "--target trainer",
         "load docker-image",
-        "upgrade --install llmtrain-operator",
+        'upgrade --install "$RELEASE" "$REPO/charts/llmtrain-operator"',
+        'test "$RELEASE"',
         "-m pytest tests/e2e",
         "export KUBECONFIG",
     ):

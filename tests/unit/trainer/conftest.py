@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 
 import pytest
-from trainer_runs import CHECKPOINT_INTERVAL, LAYOUTS, RESUME_LAYOUT, Run, layout_config, run_trainer
+from trainer_runs import CHECKPOINT_INTERVAL, LAYOUTS, RESUME_LAYOUT, Run, run_layout
 
 
 @pytest.fixture(scope="session")
@@ -13,9 +13,9 @@ def layout_runs(tmp_path_factory) -> dict[str, Run]:
     """Every layout trained once on the same global batches and seed (fp32): the suite's shared evidence."""
     root = tmp_path_factory.mktemp("layouts")
     runs = {}
-    for name, (nproc, _) in LAYOUTS.items():
+    for name in LAYOUTS:
         ckpt = root / name / "checkpoints" if name == RESUME_LAYOUT else None
-        runs[name] = run_trainer(layout_config(name, ckpt), root / name, nproc=nproc)
+        runs[name] = run_layout(name, root / name, ckpt)
     return runs
 
 
@@ -38,5 +38,4 @@ def resumed_run(layout_runs, tmp_path_factory) -> Run:
     unmarked = ckpt / f"step-{later + 1:08d}"
     unmarked.mkdir()
     (unmarked / ".metadata").write_bytes(b"never completed")
-    nproc, _ = LAYOUTS[RESUME_LAYOUT]
-    return run_trainer(layout_config(RESUME_LAYOUT, ckpt), workdir, nproc=nproc)
+    return run_layout(RESUME_LAYOUT, workdir, ckpt)

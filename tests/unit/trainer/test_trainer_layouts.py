@@ -1,4 +1,5 @@
-"""Every parallel layout trains, and trains the same model: DDP, FSDP ZeRO-2/3, TP=2 and FSDP x TP (2 x 2).
+"""Every parallel layout trains, and trains the same model: DDP, FSDP ZeRO-2/3, TP=2, FSDP x TP (2 x 2) and
+hybrid sharding across two (simulated) nodes; ZeRO-2 and TP=2 also checkpoint activations (selective, full).
 
 Equivalence tolerance: all runs are fp32 on the same global batches and initial weights, so the only
 difference is the order of floating-point reductions (gradient all-reduce/reduce-scatter, sharded matmuls).
@@ -51,4 +52,5 @@ def test_layouts_report_the_mesh_they_were_asked_for(layout_runs):
         "zero3": [1, 2, 1],
         "tp2": [1, 1, 2],
         "fsdp2x_tp2": [1, 2, 2],
+        "hybrid_2nodes": [2, 1, 1],
     }

@@ -6,9 +6,15 @@ import itertools
 
 import numpy as np
 import pytest
-from llmtrain_trainer.checkpoint import COMPLETE_MARKER, complete_checkpoints, latest_checkpoint, prune
-from llmtrain_trainer.config import ConfigError, ModelConfig, ParallelismConfig, ScheduleConfig
-from llmtrain_trainer.data import BatchSampler, synthetic_tokens
+from llmtrain_trainer.checkpoint import (
+    COMPLETE_MARKER,
+    complete_checkpoints,
+    latest_checkpoint,
+    prune,
+    remove_incomplete,
+)
+from llmtrain_trainer.config import ConfigError, DataConfig, ModelConfig, ParallelismConfig, ScheduleConfig
+from llmtrain_trainer.data import BatchSampler, load_tokens, synthetic_tokens, tokenizer_vocab
 from llmtrain_trainer.metrics import peak_flops
 from llmtrain_trainer.model import PRESETS, count_params, flops_per_token, resolve_model_args
 from llmtrain_trainer.optim import lr_factor
@@ -143,3 +149,31 @@ def test_prune_keeps_the_newest_complete_checkpoints(tmp_path):
         _make(tmp_path, step)
     prune(tmp_path, keep=2)
     assert [s for s, _ in complete_checkpoints(tmp_path)] == [30, 40]
+
+
+def test_interrupted_saves_are_cleaned_up_and_complete_ones_kept(tmp_path):
+    keep = _make(tmp_path, 10)
+    _make(tmp_path, 20, tmp=True)  # marker written, crash before the rename
+    _make(tmp_path, 30, complete=False)
+    removed = remove_incomplete(tmp_path)
+    assert sorted(p.name for p in removed) == ["step-00000020.tmp", "step-00000030"]
+    assert [p.name for p in tmp_path.iterdir()] == [keep.name]
+
+
+def test_text_file_is_byte_tokenised_and_bin_file_memory_mapped(tmp_path):
+    text = tmp_path / "corpus.txt"
+    text.write_text("héllo " * 20)
+    tokens = load_tokens(DataConfig(source=str(text), seqLen=8), vocab_size=512, seed=0)
+    assert list(tokens[:3]) == list("héllo".encode()[:3])
+    assert tokenizer_vocab(DataConfig(source=str(text))) == 256
+    binary = tmp_path / "tokens.bin"
+    np.arange(1000, dtype=np.uint32).tofile(binary)
+    mapped = load_tokens(DataConfig(source=str(binary), binDtype="uint32", seqLen=8), vocab_size=2000, seed=0)
+    assert isinstance(mapped, np.memmap) and mapped[999] == 999
+
+
+def test_missing_data_file_and_unknown_tokenizer_are_config_errors(tmp_path):
+    with pytest.raises(ConfigError, match=r"data\.source"):
+        load_tokens(DataConfig(source=str(tmp_path / "nope.txt")), vocab_size=512, seed=0)
+    with pytest.raises(ConfigError, match=r"data\.tokenizer"):
+        tokenizer_vocab(DataConfig(source=str(tmp_path / "x.txt"), tokenizer="sentencepiece"))

@@ -31,7 +31,7 @@ def test_incomplete_checkpoints_are_removed_not_loaded(resumed_run):
     assert removed == [f"step-{CHECKPOINT_INTERVAL + 2:08d}.tmp", f"step-{CHECKPOINT_INTERVAL + 3:08d}"]
 
 
-def test_checkpoints_are_published_complete_and_pruned_to_keep(layout_runs):
+def test_async_checkpoints_are_published_complete_with_every_ranks_state(layout_runs):
     run = layout_runs[RESUME_LAYOUT]
     root = run.workdir / "checkpoints"
     names = sorted(p.name for p in root.iterdir())

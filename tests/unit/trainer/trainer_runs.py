@@ -76,10 +76,23 @@ class Run:
         return f"rc={self.returncode}\n--- stdout\n{self.stdout[-4000:]}\n--- stderr\n{self.stderr[-4000:]}"
 
 
-def trainer_command(config_path: Path, nproc: int) -> list[str]:
-    if nproc == 1:
+def trainer_command(
+    config_path: Path, nproc: int, *, nnodes: int = 1, node_rank: int = 0, rdzv_port: int = 0
+) -> list[str]:
+    """`python -m llmtrain_trainer` for one process, else torchrun: standalone, or one node of a c10d rendezvous."""
+    if nproc == 1 and nnodes == 1:
         return [sys.executable, "-m", "llmtrain_trainer", "--config", str(config_path)]
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}"]
+    if nnodes == 1:
+        torchrun.append("--standalone")
+    else:
+        torchrun += [
+            f"--nnodes={nnodes}",
+            f"--node-rank={node_rank}",
+            "--rdzv-backend=c10d",
+            f"--rdzv-endpoint=127.0.0.1:{rdzv_port}",
+            "--rdzv-id=trainer-test",
+        ]
     return [*torchrun, "-m", "llmtrain_trainer", "--config", str(config_path)]
 
 
@@ -104,38 +117,61 @@ def parse_events(stdout: str) -> list[dict]:
     return events
 
 
-def run_trainer(config: dict, workdir: Path, *, nproc: int = 1, env: dict[str, str] | None = None) -> Run:
-    """Train with `config` in `nproc` processes; returns when they exit."""
+def run_trainer(
+    config: dict, workdir: Path, *, nproc: int = 1, nnodes: int = 1, env: dict[str, str] | None = None
+) -> Run:
+    """Train with `config` on `nnodes` simulated nodes (local torchrun agents) of `nproc` processes each."""
     workdir.mkdir(parents=True, exist_ok=True)
     config_path = workdir / "config.json"
     config_path.write_text(json.dumps(config))
-    proc = subprocess.run(
-        trainer_command(config_path, nproc),
-        env=trainer_env(workdir, env),
-        cwd=workdir,
-        capture_output=True,
-        text=True,
-        timeout=RUN_TIMEOUT_S,
-    )
-    return Run(proc.returncode, proc.stdout, proc.stderr, workdir, parse_events(proc.stdout))
+    port = free_port() if nnodes > 1 else 0
+    procs = [
+        subprocess.Popen(
+            trainer_command(config_path, nproc, nnodes=nnodes, node_rank=node, rdzv_port=port),
+            env=trainer_env(workdir, env),
+            cwd=workdir,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for node in range(nnodes)
+    ]
+    try:
+        outputs = [p.communicate(timeout=RUN_TIMEOUT_S) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    returncode = next((p.returncode for p in procs if p.returncode), 0)
+    stdout = outputs[0][0]  # node 0 holds global rank 0, the one that logs
+    stderr = "\n".join(err for _, err in outputs)
+    return Run(returncode, stdout, stderr, workdir, parse_events(stdout))
 
 
 LAYOUTS = {
-    # name: (processes, parallelism)
-    "single": (1, {"dataParallel": "fsdp", "sharding": "zero3", "tensorParallel": 1}),
-    "ddp": (2, {"dataParallel": "ddp", "tensorParallel": 1}),
-    "zero2": (2, {"dataParallel": "fsdp", "sharding": "zero2", "tensorParallel": 1}),
-    "zero3": (2, {"dataParallel": "fsdp", "sharding": "zero3", "tensorParallel": 1}),
-    "tp2": (2, {"dataParallel": "fsdp", "sharding": "zero3", "tensorParallel": 2}),
-    "fsdp2x_tp2": (4, {"dataParallel": "fsdp", "sharding": "zero3", "tensorParallel": 2}),
+    # name: (nodes, processes per node, parallelism, training overrides)
+    "single": (1, 1, {"dataParallel": "fsdp", "sharding": "zero3"}, {}),
+    "ddp": (1, 2, {"dataParallel": "ddp"}, {}),
+    # activation checkpointing must not change the numbers: recomputation replays the same ops
+    "zero2": (1, 2, {"dataParallel": "fsdp", "sharding": "zero2"}, {"activationCheckpointing": "selective"}),
+    "zero3": (1, 2, {"dataParallel": "fsdp", "sharding": "zero3"}, {}),
+    "tp2": (1, 2, {"dataParallel": "fsdp", "tensorParallel": 2}, {"activationCheckpointing": "full"}),
+    "fsdp2x_tp2": (1, 4, {"dataParallel": "fsdp", "sharding": "zero3", "tensorParallel": 2}, {}),
+    # two simulated nodes (two torchrun agents on a c10d rendezvous): replicate across them, shard within
+    "hybrid_2nodes": (2, 1, {"dataParallel": "fsdp", "sharding": "hybrid"}, {}),
 }
-RESUME_LAYOUT = "zero3"  # also checkpoints every STEPS // 2 steps, for the resume tests
+RESUME_LAYOUT = "zero3"  # also checkpoints (asynchronously) every STEPS // 2 steps, for the resume tests
 CHECKPOINT_INTERVAL = STEPS // 2
 
 
 def layout_config(name: str, checkpoint_dir: Path | None = None) -> dict:
-    _, parallelism = LAYOUTS[name]
-    config = merged(BASE_CONFIG, {"parallelism": parallelism})
+    _, _, parallelism, training = LAYOUTS[name]
+    config = merged(BASE_CONFIG, {"parallelism": parallelism, "training": training})
     if checkpoint_dir is not None:
-        config["checkpoint"] = {"dir": str(checkpoint_dir), "interval": CHECKPOINT_INTERVAL, "keep": 3}
+        config["checkpoint"] = {"dir": str(checkpoint_dir), "interval": CHECKPOINT_INTERVAL, "asyncSave": True}
     return config
+
+
+def run_layout(name: str, workdir: Path, checkpoint_dir: Path | None = None) -> Run:
+    nnodes, nproc, _, _ = LAYOUTS[name]
+    return run_trainer(layout_config(name, checkpoint_dir), workdir, nproc=nproc, nnodes=nnodes)
