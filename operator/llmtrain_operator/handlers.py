@@ -258,14 +258,17 @@ class Operator:
         slot = self.slots.get(key)
         if slot is None or slot.phase != "Running" or self.pods_index is None or self.client is None:
             return
-        rank0 = next((p for p in self.pods_index.get(key, ()) if p.rank == 0 and p.ip), None)
-        if rank0 is None:
+        pods = sorted((p for p in self.pods_index.get(key, ()) if p.ip and not p.finished), key=lambda p: p.rank)
+        if not pods:
             return
         body = await self.client.get(KIND, *key)
-        port = ((body or {}).get("spec", {}).get("metrics") or {}).get("port", 9090)
-        sample = await asyncio.to_thread(fetch_progress, rank0.ip, int(port))
-        if sample is not None:
-            slot.progress = sample
+        port = int(((body or {}).get("spec", {}).get("metrics") or {}).get("port", 9090))
+        # Global rank 0 serves the job's metrics; c10d rendezvous usually, not always, puts it on node 0.
+        for pod in pods:
+            sample = await asyncio.to_thread(fetch_progress, pod.ip, port)
+            if sample is not None:
+                slot.progress = sample
+                return
 
 
 def in_cluster_login(**kwargs: Any) -> kopf.ConnectionInfo | None:

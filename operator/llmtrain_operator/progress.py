@@ -56,6 +56,29 @@ def parse_progress(text: str) -> Progress | None:
     )
 
 
+def final_progress(last: Progress | None, summary: dict) -> Progress:
+    """Progress once training has finished: rank 0's exit summary (its termination message) over the last sample.
+
+    The metrics endpoint dies with the pod, so the last scrape is up to one resync old; the summary is exact.
+    """
+    base = last or Progress()
+
+    def num(key: str) -> float | None:
+        v = summary.get(key)
+        return float(v) if isinstance(v, int | float) and math.isfinite(v) else None
+
+    step, total, loss, ckpt = num("step"), num("totalSteps"), num("loss"), num("lastCheckpointStep")
+    return base.model_copy(
+        update={
+            "step": int(step) if step is not None else base.step,
+            "total_steps": int(total) if total is not None else base.total_steps,
+            "loss": loss if loss is not None else base.loss,
+            "last_checkpoint_step": int(ckpt) if ckpt is not None else base.last_checkpoint_step,
+            "eta": "0s",
+        }
+    )
+
+
 def fetch_progress(ip: str, port: int, timeout: float = 2.0) -> Progress | None:
     """GET http://<ip>:<port>/metrics and parse it; None when unreachable or not (yet) training."""
     url = f"http://{ip}:{port}/metrics"

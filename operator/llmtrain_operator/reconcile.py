@@ -19,7 +19,8 @@ from pydantic import ValidationError
 from .api import TERMINAL_PHASES, Condition, LLMTrainingJobSpec, LLMTrainingJobStatus, Progress, RunPolicy
 from .builders import JobRef, build_config_map, build_pod, build_service
 from .constants import ANNOTATION_DEV_COMMAND, pod_name
-from .observe import Failure, PodView, classify_failure, parse_time, pending_reason
+from .observe import Failure, PodView, classify_failure, parse_time, pending_reason, trainer_report
+from .progress import final_progress
 from .validate import parse_spec, validate_spec
 
 RETRY_SOON = 1.0  # seconds; while pods terminate or names are still taken
@@ -199,8 +200,11 @@ class _Run:
             self.delete_pods([p for p in self.observed.pods if not p.finished])
         return self.terminal(policy)
 
-    def succeed(self, policy: RunPolicy, nodes: int) -> Decision:
+    def succeed(self, policy: RunPolicy, nodes: int, pods: list[PodView]) -> Decision:
         self.st.phase = "Succeeded"
+        summary = next((r for p in pods if (r := trainer_report(p.termination_message)) and "step" in r), None)
+        if summary is not None:
+            self.st.progress = final_progress(self.st.progress, summary)
         self.st.completion_time = rfc3339(self.now)
         message = f"all {nodes} node pods succeeded"
         self.condition("Succeeded", "True", "AllNodesSucceeded", message)
@@ -343,7 +347,7 @@ def _reconcile_active(run: _Run, spec: LLMTrainingJobSpec, command: list[str] | 
         return run.finish()
 
     if len(current) == nodes and all(p.phase == "Succeeded" for p in current):
-        return run.succeed(policy, nodes)
+        return run.succeed(policy, nodes, current)
 
     # Create the missing node pods of this attempt once their names are free.
     taken = {p.name for p in observed.pods}

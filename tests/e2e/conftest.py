@@ -85,7 +85,7 @@ def _free_port() -> int:
 
 
 def _scrape_targets(cluster: Cluster) -> list[dict]:
-    """Prometheus file_sd entries for every running pod's container port named `metrics`."""
+    """Prometheus file_sd entries for every running pod's container port named `metrics` or `http-metrics`."""
     from kubernetes import client
 
     groups = []
@@ -94,7 +94,7 @@ def _scrape_targets(cluster: Cluster) -> list[dict]:
             continue
         for container in pod.spec.containers:
             for port in container.ports or []:
-                if port.name == "metrics":
+                if port.name in ("metrics", "http-metrics"):  # trainer pods, the operator
                     groups.append(
                         {
                             "targets": [f"{pod.status.pod_ip}:{port.container_port}"],
@@ -119,8 +119,8 @@ def _keep_targets_fresh(cluster: Cluster, path: Path, stop: threading.Event) -> 
 
 @pytest.fixture(scope="session")
 def prometheus(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prometheus]:
-    """Debian's Prometheus scraping every container port named `metrics` (the operator's and each trainer pod's),
-    with targets discovered from the Kubernetes API."""
+    """Debian's Prometheus scraping the operator and every trainer pod (container ports named `http-metrics` and
+    `metrics`), with targets discovered from the Kubernetes API."""
     binary = shutil.which("prometheus")
     if binary is None:
         pytest.fail("prometheus is not installed: run `make system-deps` (Debian package `prometheus`)")

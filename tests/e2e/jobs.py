@@ -135,15 +135,22 @@ def kill_one_worker(cluster: Cluster, namespace: str, job_name: str) -> str:
     return f"a worker in {pod}"
 
 
+def rank0_log(cluster: Cluster, namespace: str, job_name: str) -> str:
+    """The log of the node pod that hosts global rank 0 (c10d rendezvous does not promise it is node 0)."""
+    core = client.CoreV1Api(cluster.api_client)
+    for pod in sorted(node_pods(cluster, namespace, job_name), key=lambda p: p.metadata.name):
+        try:
+            log = core.read_namespaced_pod_log(pod.metadata.name, namespace, container="trainer")
+        except client.ApiException:
+            continue
+        if f"[llmtrain job={job_name} rank=0]" in log:
+            return log
+    return ""
+
+
 def resumed_from_step(cluster: Cluster, namespace: str, job_name: str) -> int | None:
-    """The checkpoint step rank 0 of the current gang loaded, from its log (`checkpoint_loaded checkpoint_step=N`)."""
-    try:
-        log = client.CoreV1Api(cluster.api_client).read_namespaced_pod_log(
-            f"{job_name}-node-0", namespace, container="trainer"
-        )
-    except client.ApiException:
-        return None
-    found = re.findall(r"checkpoint_loaded checkpoint_step=(\d+)", log)
+    """The checkpoint step the current gang loaded, from rank 0's log (`checkpoint_loaded checkpoint_step=N`)."""
+    found = re.findall(r"checkpoint_loaded checkpoint_step=(\d+)", rank0_log(cluster, namespace, job_name))
     return int(found[-1]) if found else None
 
 

@@ -7,7 +7,6 @@ import re
 from dataclasses import dataclass
 
 import pytest
-from kubernetes import client
 from testbed.testing import Cluster, fresh_namespace
 
 from .conftest import Prometheus
@@ -16,6 +15,7 @@ from .jobs import (
     claim_directory,
     complete_checkpoints,
     create_job,
+    rank0_log,
     tiny_job,
     wait_phase,
 )
@@ -41,7 +41,7 @@ def finished_run(cluster: Cluster, operator: str, prometheus: Prometheus) -> Fin
         claim = checkpoint_claim(cluster, ns)
         create_job(cluster, ns, tiny_job("tiny", steps=STEPS, checkpoint_interval=10, claim=claim))
         status = wait_phase(cluster, ns, "tiny", "Succeeded", timeout=600)
-        log = client.CoreV1Api(cluster.api_client).read_namespaced_pod_log("tiny-node-0", ns, container="trainer")
+        log = rank0_log(cluster, ns, "tiny")
         ckpt_dir = str(claim_directory(cluster, ns, claim)) if cluster.is_testbed else None
         series = prometheus.query(f'llmtrain_loss{{namespace="{ns}"}}[10m]')
         samples = [float(v) for s in series for _, v in s["values"]]

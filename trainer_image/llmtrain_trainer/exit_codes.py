@@ -20,11 +20,17 @@ TERMINATION_LOG_ENV = "LLMTRAIN_TERMINATION_LOG"
 DEFAULT_TERMINATION_LOG = "/dev/termination-log"
 
 
-def write_termination_message(exit_code: int, message: str) -> None:
-    """Record why we exit, for the operator; best effort (outside Kubernetes the file may not be writable)."""
+def write_termination_message(exit_code: int, message: str, **summary: object) -> None:
+    """Record why we exit, for the operator; best effort (outside Kubernetes the file may not be writable).
+
+    On success, global rank 0 adds a summary (step, loss, lastCheckpointStep): the operator's last look at
+    progress, since the metrics endpoint is gone once the pod has finished.
+    """
     path = Path(os.environ.get(TERMINATION_LOG_ENV, DEFAULT_TERMINATION_LOG))
-    reason = PERMANENT_EXIT_CODES.get(exit_code, "Error")
-    line = json.dumps({"llmtrain": True, "exitCode": exit_code, "reason": reason, "message": message[:3000]})
+    reason = "Completed" if exit_code == EXIT_OK else PERMANENT_EXIT_CODES.get(exit_code, "Error")
+    record = {"llmtrain": True, "exitCode": exit_code, "reason": reason, "message": message[:3000]}
+    record.update({k: v for k, v in summary.items() if v is not None})
+    line = json.dumps(record)
     try:
         with path.open("w") as f:
             f.write(line + "\n")

@@ -17,9 +17,10 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_
 from torch.distributed.tensor import DTensor
 from torch.distributed.tensor.parallel import loss_parallel as loss_parallel_ctx
 
-from .checkpoint import Checkpointer, rng_state, set_rng_state
+from .checkpoint import Checkpointer, latest_checkpoint, rng_state, set_rng_state
 from .config import ConfigError, TrainerConfig
 from .data import BatchSampler, load_tokens, tokenizer_vocab
+from .exit_codes import EXIT_OK, write_termination_message
 from .log import RunLog
 from .metrics import Metrics, memory_stats, peak_flops
 from .model import Transformer, flops_per_token, initial_value, resolve_model_args, validate_model_args
@@ -224,6 +225,7 @@ def train(cfg: TrainerConfig, rt: Runtime, stop: StopRequest) -> int:
     tokens_per_step = tc.global_batch_size * cfg.data.seq_len
     window_tokens, window_start = 0, time.perf_counter()
 
+    final_loss: float | None = None
     while step < tc.steps:
         t0 = time.perf_counter()
         lr = cfg.optimizer.lr * lr_factor(step, tc.steps, cfg.schedule)
@@ -265,6 +267,7 @@ def train(cfg: TrainerConfig, rt: Runtime, stop: StopRequest) -> int:
             dist.all_reduce(flags)
             loss_avg, nonfinite, stopping, saving = flags.tolist()
         loss_avg /= rt.world_size
+        final_loss = loss_avg
         skipped = nonfinite > 0
         if not skipped:
             optimizer.step()
@@ -336,8 +339,22 @@ def train(cfg: TrainerConfig, rt: Runtime, stop: StopRequest) -> int:
     if ckpt is not None:
         _publish(ckpt, metrics)
     log("done", step=step, tokens=tokens_total, skipped_total=scaler.skipped_steps)
+    if rt.rank == 0:
+        write_termination_message(
+            EXIT_OK,
+            "training finished",
+            step=step,
+            totalSteps=tc.steps,
+            loss=final_loss if final_loss is not None and math.isfinite(final_loss) else None,
+            lastCheckpointStep=_newest_checkpoint_step(ckpt),
+        )
     metrics.close()
-    return 0
+    return EXIT_OK
+
+
+def _newest_checkpoint_step(ckpt: Checkpointer | None) -> int | None:
+    found = latest_checkpoint(ckpt.root) if ckpt is not None else None
+    return found[0] if found else None
 
 
 def _publish(ckpt: Checkpointer, metrics: Metrics) -> None:

@@ -215,6 +215,26 @@ def test_all_pods_succeeded_makes_the_job_succeeded():
     assert d.status["succeeded"] == 2 and d.status["active"] == 0
 
 
+def test_success_takes_final_progress_from_rank_0_exit_summary():
+    """The last metrics scrape may be a resync old; rank 0's termination message is exact."""
+    last_sample = {"progress": {"step": 35, "totalSteps": 40, "loss": 5.1, "tokensPerSecond": 900.0, "eta": "3s"}}
+    summary = '{"llmtrain": true, "exitCode": 0, "step": 40, "totalSteps": 40, "loss": 4.2, "lastCheckpointStep": 40}'
+    d = reconcile(
+        job(status={**RUNNING, **last_sample}),
+        seen(pod(0, "Succeeded"), pod(1, "Succeeded", termination_message=summary)),
+        NOW,
+        SETTINGS,
+    )
+    assert d.status["progress"] == {
+        "step": 40,
+        "totalSteps": 40,
+        "loss": 4.2,
+        "lastCheckpointStep": 40,
+        "tokensPerSecond": 900.0,
+        "eta": "0s",
+    }
+
+
 def test_one_pod_succeeded_while_others_run_keeps_waiting():
     d = reconcile(job(status=RUNNING), seen(pod(0, "Succeeded"), pod(1)), NOW, SETTINGS)
     assert d.status["phase"] == "Running" and d.deletes == []
