@@ -23,7 +23,8 @@ help: ## List the targets
 # ---------------------------------------------------------------- environment
 .PHONY: venv
 venv: $(REQ_STAMP) ## Python environment (torch, kopf, ...) in ~/.cache/llmtrain/venv, plus our two packages
-	@$(PY) -m pip install -q --no-deps --no-build-isolation -e operator -e trainer_image
+	@$(PY) -m pip install -q --no-deps --no-build-isolation -e operator -e trainer_image >$(VENV)/.editable.log 2>&1 \
+		|| { cat $(VENV)/.editable.log; exit 1; }
 
 $(REQ_STAMP): requirements.lock
 	@echo "[venv] installing the pinned Python environment into $(VENV) (torch is large: several minutes cold)"
