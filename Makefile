@@ -66,9 +66,13 @@ lint: venv ## ruff over all Python
 .PHONY: test-unit test-integration test-e2e test
 test-unit: venv ## Pure-function and single-machine tests (trainer runs on CPU with gloo)
 	@$(PYTEST) tests/unit -q
-test-integration: cluster-up ## Tests against the real test bed
+# KUBECONFIG naming another cluster (kind, a real one): run the suites there, leave the test bed alone.
+TESTBED_KUBECONFIG := $(CACHE)/cluster/kubeconfig
+CLUSTER := $(if $(filter-out $(TESTBED_KUBECONFIG),$(KUBECONFIG)),venv,cluster-up)
+
+test-integration: $(CLUSTER) ## Tests against the real test bed (or the cluster KUBECONFIG names)
 	@$(PYTEST) tests/integration -q
-test-e2e: cluster-up ## The whole flow: helm install, train, fault, Prometheus
+test-e2e: $(CLUSTER) ## The whole flow: helm install, train, fault, Prometheus
 	@$(PYTEST) tests/e2e -q
 test: lint test-unit test-integration test-e2e ## Everything CI runs
 

@@ -125,6 +125,36 @@ def torchrun_command(job: JobRef, spec: LLMTrainingJobSpec, rank: int) -> list[s
     ]
 
 
+# Waits until the rendezvous host's DNS name resolves, so torchrun never starts against a name the cluster DNS has
+# not published yet (or has cached as missing). Exit 1 after the timeout: transient, the gang is restarted.
+WAIT_FOR_RENDEZVOUS = """\
+import socket, sys, time
+host, deadline = sys.argv[1], time.monotonic() + float(sys.argv[2])
+while True:
+    try:
+        socket.getaddrinfo(host, None)
+        print(f"{host} resolves", flush=True)
+        break
+    except OSError as e:
+        if time.monotonic() > deadline:
+            sys.exit(f"rendezvous host {host} did not resolve in {sys.argv[2]} s: {e}")
+        time.sleep(1)
+"""
+RENDEZVOUS_DNS_TIMEOUT_SECONDS = 600
+
+
+def wait_for_rendezvous(job: JobRef, image: str, pull_policy: str, security: dict[str, Any]) -> dict[str, Any]:
+    """Init container that holds the trainer back until `<job>-node-0.<job>` resolves (Kubeflow does the same)."""
+    return {
+        "name": "wait-for-rendezvous",
+        "image": image,
+        "imagePullPolicy": pull_policy,
+        "command": ["python", "-c", WAIT_FOR_RENDEZVOUS, master_addr(job), str(RENDEZVOUS_DNS_TIMEOUT_SECONDS)],
+        "resources": {"requests": {"cpu": "10m", "memory": "32Mi"}, "limits": {"memory": "128Mi"}},
+        "securityContext": security,
+    }
+
+
 def _env(job: JobRef, spec: LLMTrainingJobSpec, rank: int, attempt: int) -> list[dict[str, Any]]:
     procs = procs_per_node(spec)
     plain = {
@@ -202,6 +232,13 @@ def build_pod(
     volumes += [dict(v) for v in tpl.volumes]
     mounts += [dict(m) for m in tpl.volume_mounts]
 
+    security = {
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+        "runAsNonRoot": True,
+        "runAsUser": RUN_AS_USER,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
     container: dict[str, Any] = {
         "name": "trainer",
         "image": spec.image or default_image,
@@ -216,13 +253,7 @@ def build_pod(
         "volumeMounts": mounts,
         "terminationMessagePath": TERMINATION_LOG,
         "terminationMessagePolicy": "FallbackToLogsOnError",
-        "securityContext": {
-            "allowPrivilegeEscalation": False,
-            "capabilities": {"drop": ["ALL"]},
-            "runAsNonRoot": True,
-            "runAsUser": RUN_AS_USER,
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "securityContext": security,
     }
     pod_spec: dict[str, Any] = {
         "hostname": name,
@@ -241,6 +272,10 @@ def build_pod(
         "containers": [container],
         "volumes": volumes,
     }
+    if command is None and spec.nodes > 1:
+        pod_spec["initContainers"] = [
+            wait_for_rendezvous(job, container["image"], spec.image_pull_policy, dict(security))
+        ]
     optional = {
         "serviceAccountName": tpl.service_account_name,
         "schedulerName": sched.scheduler_name,

@@ -155,6 +155,13 @@ class MountBuilder:
             _mount(None, target, None, MS_REMOUNT | MS_BIND | MS_RDONLY)
 
 
+def _same_dir(path: str, fd: int) -> bool:
+    try:
+        return os.path.samestat(os.stat(path), os.stat(f"/proc/self/fd/{fd}"))
+    except OSError:
+        return False
+
+
 def _exec(spec: dict) -> None:
     argv = spec["argv"]
     env = spec["env"]
@@ -182,11 +189,18 @@ def start_container(spec: dict) -> None:
     # must not hide a later mount's source.
     record = os.open(spec["host_created_file"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     sources = [(os.open(m["source"], os.O_PATH), os.path.isdir(m["source"])) for m in spec["mounts"]]
+    image = [(p, os.open(p, os.O_PATH)) for p in spec.get("image_paths", []) if os.path.isdir(p)]
     try:
         for m, (fd, is_dir) in zip(spec["mounts"], sources, strict=True):
             builder.bind(f"/proc/self/fd/{fd}", m["target"], m.get("read_only", False), is_dir)
+        # The "image" (repo, venv, interpreter) stays visible even when a volume is mounted over a parent of it.
+        for path, fd in image:
+            if not _same_dir(path, fd):
+                builder.bind(f"/proc/self/fd/{fd}", path, False, True)
     finally:
         for fd, _ in sources:
+            os.close(fd)
+        for _, fd in image:
             os.close(fd)
         os.write(record, "".join(p + "\n" for p in builder.host_created).encode())
         os.close(record)

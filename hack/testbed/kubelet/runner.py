@@ -19,6 +19,8 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..paths import REPO_ROOT
+
 LAUNCHER = Path(__file__).with_name("launcher.py")
 
 log = logging.getLogger("testbed.kubelet.runner")
@@ -56,7 +58,18 @@ def _spec_json(spec: LaunchSpec, run_dir: Path) -> dict:
         "scratch_dir": str(run_dir / "scratch"),
         "mnt_ns_file": str(run_dir / "mnt-ns"),
         "host_created_file": str(run_dir.parent / "host-created"),
+        "image_paths": image_paths(),
     }
+
+
+def image_paths() -> list[str]:
+    """What a container image would hold: the repo (our packages), the venv and the interpreter it links to.
+
+    A pod volume mounted over one of their parents (an emptyDir at /tmp while the repo is cloned under /tmp, say)
+    must not hide them, so the launcher binds them back on top of the pod's mounts.
+    """
+    paths = {str(REPO_ROOT), sys.prefix, sys.base_prefix}
+    return sorted(p for p in paths if p != "/")
 
 
 class ContainerProcess:

@@ -391,6 +391,27 @@ def test_configmap_volume_appears_at_a_mount_path_missing_on_the_host(api: Api, 
     assert not Path("/etc/llmtrain-test").exists()  # made inside the pod's mount namespace only
 
 
+def test_a_volume_over_the_repos_parent_does_not_hide_the_image(api: Api, cluster: Cluster, namespace: str):
+    """The repo plays the image's part: an emptyDir at /tmp must not hide a repo cloned under /tmp (as CI does)."""
+    only_on_testbed(cluster)
+    from testbed.paths import REPO_ROOT
+
+    manifest = pod_manifest(
+        "shadowed",
+        "import llmtrain_operator, llmtrain_trainer, os, sys; print(sorted(os.listdir(sys.argv[1])))",
+        volumes=[{"name": "scratch", "emptyDir": {}}],
+        container={
+            "args": [str(REPO_ROOT.parent)],
+            "volumeMounts": [{"name": "scratch", "mountPath": str(REPO_ROOT.parent)}],
+        },
+    )
+    create(api, namespace, manifest)
+    pod = wait_phase(api, namespace, "shadowed", ("Succeeded", "Failed"))
+    assert pod["status"]["phase"] == "Succeeded", logs(cluster, namespace, "shadowed")
+    # The emptyDir is still what the pod sees at the parent: only the image paths were put back on top of it.
+    assert REPO_ROOT.name in logs(cluster, namespace, "shadowed")
+
+
 # ----- deletion -----
 
 

@@ -132,6 +132,34 @@ def test_image_defaults_to_the_operator_setting():
     assert image == "registry.example/llmtrain-trainer:0.1.0"
 
 
+def test_multi_node_pods_wait_for_the_rendezvous_name_to_resolve_before_torchrun(gpu_spec):
+    pod = build_pod(JOB, gpu_spec, 2, 0, "img")
+    [init] = pod["spec"]["initContainers"]
+    assert init["name"] == "wait-for-rendezvous" and init["image"] == pod["spec"]["containers"][0]["image"]
+    assert init["command"][:2] == ["python", "-c"]
+    assert init["command"][3:] == ["gpt2-fsdp-node-0.gpt2-fsdp", "600"]
+    assert init["securityContext"] == pod["spec"]["containers"][0]["securityContext"]
+
+
+def test_single_node_pods_and_test_commands_need_no_rendezvous_wait(gpu_spec):
+    single = gpu_spec.model_copy(update={"nodes": 1})
+    assert "initContainers" not in build_pod(JOB, single, 0, 0, "i")["spec"]
+    assert "initContainers" not in build_pod(JOB, gpu_spec, 0, 0, "i", command=["true"])["spec"]
+
+
+def test_rendezvous_wait_script_exits_once_the_name_resolves_and_fails_after_its_timeout():
+    import subprocess
+    import sys
+
+    from llmtrain_operator.builders import WAIT_FOR_RENDEZVOUS
+
+    ok = subprocess.run([sys.executable, "-c", WAIT_FOR_RENDEZVOUS, "localhost", "5"], capture_output=True, text=True)
+    assert ok.returncode == 0 and "localhost resolves" in ok.stdout
+    missing = "no-such-pod.no-such-job.invalid"
+    bad = subprocess.run([sys.executable, "-c", WAIT_FOR_RENDEZVOUS, missing, "0"], capture_output=True, text=True)
+    assert bad.returncode == 1 and f"{missing} did not resolve" in bad.stderr
+
+
 def test_pod_security_context_satisfies_the_restricted_profile(gpu_spec):
     pod = build_pod(JOB, gpu_spec, 0, 0, "i")
     psc = pod["spec"]["securityContext"]
