@@ -71,3 +71,12 @@ OWNED_VOLUMES = frozenset({VOLUME_CONFIG, VOLUME_SHM, VOLUME_CHECKPOINTS})
 OWNED_MOUNT_PATHS = frozenset({CONFIG_DIR, "/dev/shm", CHECKPOINT_DIR})
 OWNED_LABEL_PREFIX = f"{GROUP}/"
 OWNED_LABELS = frozenset({LABEL_KUEUE_QUEUE, LABEL_MANAGED_BY})
+
+# (heads, kvHeads) of the trainer's model presets (llmtrain_trainer.model.PRESETS; a unit test keeps them equal),
+# so tensorParallel is checked against a preset's heads before any pod starts.
+PRESET_HEADS: dict[str, tuple[int, int]] = {
+    "tiny": (4, 4),
+    "gpt2-124m": (12, 12),
+    "llama-1b": (32, 4),
+    "llama-8b": (32, 8),
+}

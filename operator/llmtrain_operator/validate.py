@@ -20,6 +20,7 @@ from .constants import (
     OWNED_LABELS,
     OWNED_MOUNT_PATHS,
     OWNED_VOLUMES,
+    PRESET_HEADS,
 )
 
 
@@ -95,10 +96,20 @@ def _parallelism(spec: LLMTrainingJobSpec) -> list[FieldError]:
         errors.append(
             FieldError("spec.parallelism.tensorParallel", f"{tp} does not divide the {procs} processes per node")
         )
-    for name, heads in (("heads", spec.model.heads), ("kvHeads", spec.model.kv_heads)):
+    for name, heads in resolved_heads(spec).items():
         if heads is not None and heads % tp:
             errors.append(FieldError("spec.parallelism.tensorParallel", f"{tp} does not divide model.{name} ({heads})"))
     return errors
+
+
+def resolved_heads(spec: LLMTrainingJobSpec) -> dict[str, int | None]:
+    """Attention and key/value heads as the trainer resolves them: explicit fields over the preset's shape.
+
+    kvHeads is None where it would only repeat heads (explicit heads, no kvHeads): one error is enough.
+    """
+    m = spec.model
+    preset_heads, preset_kv = PRESET_HEADS.get(m.preset or "", (None, None))
+    return {"heads": m.heads or preset_heads, "kvHeads": m.kv_heads or (None if m.heads else preset_kv)}
 
 
 def _batch(spec: LLMTrainingJobSpec) -> list[FieldError]:

@@ -49,6 +49,27 @@ def test_heads_not_divisible_by_tensor_parallel_names_the_field():
     assert "model.heads (6)" in errors[0].message
 
 
+@pytest.mark.parametrize(
+    ("model", "tp", "named"),
+    [
+        ({"preset": "llama-8b"}, 16, "model.kvHeads (8)"),  # 32 heads divide, 8 kv heads do not
+        ({"preset": "llama-1b"}, 8, "model.kvHeads (4)"),
+        ({"preset": "gpt2-124m"}, 8, "model.heads (12)"),
+    ],
+)
+def test_a_presets_heads_are_checked_against_tensor_parallel_too(model, tp, named):
+    s = spec(model=model, procsPerNode=16, parallelism={"tensorParallel": tp}, training={**BASE["training"]})
+    messages = [e.message for e in validate_spec(s)]
+    assert any(named in m for m in messages), messages
+
+
+def test_preset_head_counts_match_the_trainers_presets():
+    from llmtrain_operator.constants import PRESET_HEADS
+    from llmtrain_trainer.model import PRESETS
+
+    assert {name: (a.n_heads, a.n_kv_heads) for name, a in PRESETS.items()} == PRESET_HEADS
+
+
 def test_tensor_parallel_must_divide_auto_procs_per_node():
     s = spec(procsPerNode="auto", resources={"limits": {"nvidia.com/gpu": 6}}, parallelism={"tensorParallel": 4})
     assert "spec.parallelism.tensorParallel" in fields(s)
