@@ -66,6 +66,8 @@ def install_operator() -> None:
         "image.repository=llmtrain/operator",
         "--set",
         "image.tag=dev",
+        "--set",
+        "resyncSeconds=2",  # progress in status every 2 s: the demo job is short
         quiet=True,
     )
     kubectl("-n", OPERATOR_NAMESPACE, "rollout", "status", "deployment", "--timeout=180s", quiet=True)
@@ -76,8 +78,10 @@ def install_operator() -> None:
 def submit_job() -> None:
     kubectl("create", "namespace", NAMESPACE, check=False, quiet=True)
     if kubectl("-n", NAMESPACE, "get", "ltj", JOB, check=False, quiet=True).returncode == 0:
-        say(f"deleting the previous {JOB} run")
+        # A job resumes from the newest checkpoint under its name: start the demo from scratch instead.
+        say(f"deleting the previous {JOB} run and its checkpoints")
         kubectl("-n", NAMESPACE, "delete", "ltj", JOB, "--wait=true", "--timeout=120s", quiet=True)
+        kubectl("-n", NAMESPACE, "delete", "pvc", "llmtrain-checkpoints", "--wait=true", "--timeout=120s", quiet=True)
     say(f"kubectl apply -f examples/checkpoint-pvc.yaml -f examples/tiny-cpu.yaml (namespace {NAMESPACE})")
     kubectl(
         "-n",
@@ -94,8 +98,11 @@ def status_line(job: dict) -> str:
     st = job.get("status") or {}
     prog = st.get("progress") or {}
     parts = [f"phase={st.get('phase', 'Pending'):<10}"]
-    counts = f"{st.get('ready', 0)}/{job['spec'].get('nodes', '?')} nodes ready"
-    parts.append(counts)
+    nodes = job["spec"].get("nodes", "?")
+    if st.get("phase") == "Succeeded":
+        parts.append(f"{st.get('succeeded', 0)}/{nodes} nodes succeeded")
+    else:
+        parts.append(f"{st.get('ready', 0)}/{nodes} nodes ready")
     if prog.get("step") is not None:
         parts.append(f"step {prog['step']}/{prog.get('totalSteps', '?')}")
     if prog.get("loss") is not None:
@@ -152,7 +159,7 @@ def main() -> int:
   export PATH={paths.bin_dir()}:$PATH
   kubectl get ltj -n {NAMESPACE}                       # Phase, Nodes, Step, Loss, Tok/s, Restarts, Age
   kubectl describe ltj {JOB} -n {NAMESPACE}            # conditions and events
-  kubectl logs {JOB}-node-0 -n {NAMESPACE}             # rank 0's training log
+  kubectl logs {JOB}-node-0 -n {NAMESPACE}             # node 0's torchrun and trainer output
   kubectl get pods,svc,cm -n {NAMESPACE} -l llmtrain.dev/job-name={JOB}
   kubectl -n {OPERATOR_NAMESPACE} logs deploy/llmtrain-llmtrain-operator   # the operator
   make cluster-down                                    # stop the local cluster

@@ -137,7 +137,8 @@ class TrainingSpec(_Model):
 
 
 class CheckpointSpec(_Model):
-    """Where and how often to checkpoint; a restarted gang resumes from the newest complete checkpoint."""
+    """Where and how often to checkpoint. Checkpoints go to <volume>/<job name>/step-<N>, so jobs can share a
+    volume; a restarted gang, or a job re-created under the same name, resumes from the newest complete one."""
 
     model_config = ConfigDict(
         json_schema_extra=_cel(

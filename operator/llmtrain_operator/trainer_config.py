@@ -21,7 +21,9 @@ def render_trainer_config(job_name: str, spec: LLMTrainingJobSpec) -> dict[str, 
     checkpoint: dict[str, Any] = {}
     if spec.checkpoint is not None:
         checkpoint = {
-            "dir": CHECKPOINT_DIR,
+            # One directory per job name: jobs can share a claim, and a job re-created under the same name
+            # resumes where the old one stopped.
+            "dir": f"{CHECKPOINT_DIR}/{job_name}",
             "interval": spec.checkpoint.interval,
             "keep": spec.checkpoint.keep,
             "asyncSave": spec.checkpoint.async_save,

@@ -55,7 +55,8 @@ def test_config_map_holds_the_trainer_config_json(gpu_spec):
     assert config["optimizer"]["lr"] == 0.0006
     assert config["schedule"]["warmupSteps"] == 200
     assert config["training"]["activationCheckpointing"] == "selective" and config["training"]["compile"] is True
-    assert config["checkpoint"] == {"dir": "/checkpoints", "interval": 500, "keep": 2, "asyncSave": True}
+    # one directory per job on the claim: jobs may share it
+    assert config["checkpoint"] == {"dir": "/checkpoints/gpt2-fsdp", "interval": 500, "keep": 2, "asyncSave": True}
     assert config["metrics"]["port"] == 9100
 
 
