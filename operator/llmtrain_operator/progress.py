@@ -25,6 +25,11 @@ def _fmt_duration(seconds: float) -> str:
     return f"{h}h{m:02d}m{s:02d}s" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
 
 
+def _round(value: float | None, digits: int) -> float | None:
+    """Status is for people (`kubectl get ltj` prints it raw): 4.5331, not 4.533140182495117."""
+    return None if value is None else round(value, digits)
+
+
 def parse_progress(text: str) -> Progress | None:
     """Progress from an exposition text; None if it holds no llmtrain_step."""
     values: dict[str, float] = {}
@@ -48,9 +53,9 @@ def parse_progress(text: str) -> Progress | None:
     return Progress(
         step=int(step) if step is not None else None,
         total_steps=int(total) if total is not None else None,
-        loss=num("llmtrain_loss"),
-        tokens_per_second=num("llmtrain_tokens_per_second"),
-        mfu=num("llmtrain_mfu"),
+        loss=_round(num("llmtrain_loss"), 4),
+        tokens_per_second=_round(num("llmtrain_tokens_per_second"), 1),
+        mfu=_round(num("llmtrain_mfu"), 4),
         eta=eta,
         last_checkpoint_step=int(last_ckpt) if last_ckpt is not None and last_ckpt >= 0 else None,
     )
@@ -72,7 +77,7 @@ def final_progress(last: Progress | None, summary: dict) -> Progress:
         update={
             "step": int(step) if step is not None else base.step,
             "total_steps": int(total) if total is not None else base.total_steps,
-            "loss": loss if loss is not None else base.loss,
+            "loss": _round(loss, 4) if loss is not None else base.loss,
             "last_checkpoint_step": int(ckpt) if ckpt is not None else base.last_checkpoint_step,
             "eta": "0s",
         }
