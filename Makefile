@@ -52,10 +52,11 @@ cluster-status: ## Show the test bed's components and nodes
 
 # ---------------------------------------------------------------- generated files
 .PHONY: crds
-crds: venv ## Regenerate the CRD from the pydantic API models (and the chart's copy)
+crds: venv ## Regenerate the CRD (and the chart's copy) and docs/api.md from the pydantic API models
 	@$(PY) -m llmtrain_operator.crdgen > $(CRD)
 	@cp $(CRD) $(CHART_CRD)
-	@echo "wrote $(CRD) and $(CHART_CRD)"
+	@$(PY) -m llmtrain_operator.apidoc > docs/api.md
+	@echo "wrote $(CRD), $(CHART_CRD) and docs/api.md"
 
 # ---------------------------------------------------------------- checks
 .PHONY: lint
@@ -64,7 +65,7 @@ lint: venv ## ruff over all Python
 	@$(VENV)/bin/ruff format --check operator trainer_image hack tests bench
 
 .PHONY: test-unit test-integration test-e2e test
-test-unit: venv ## Pure-function and single-machine tests (trainer runs on CPU with gloo)
+test-unit: venv cluster-bins system-deps ## Pure functions, single-machine runs (trainer on CPU/gloo), chart and lint tools
 	@$(PYTEST) tests/unit -q
 # KUBECONFIG naming another cluster (kind, a real one): run the suites there, leave the test bed alone.
 TESTBED_KUBECONFIG := $(CACHE)/cluster/kubeconfig

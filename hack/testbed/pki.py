@@ -124,23 +124,27 @@ def _validity(builder: x509.CertificateBuilder, days: int) -> x509.CertificateBu
     return builder.not_valid_before(now - dt.timedelta(hours=1)).not_valid_after(now + dt.timedelta(days=days))
 
 
-def _ca_certificate(key: ec.EllipticCurvePrivateKey) -> x509.Certificate:
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "llmtrain-testbed-ca")])
-    builder = x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-    builder = _validity(builder.serial_number(x509.random_serial_number()), days=3650)
-    builder = builder.add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-    usage = x509.KeyUsage(
+def _key_usage(*, ca: bool) -> x509.KeyUsage:
+    """ECDSA keys sign; only the CA signs certificates and CRLs."""
+    return x509.KeyUsage(
         digital_signature=True,
         content_commitment=False,
         key_encipherment=False,
         data_encipherment=False,
         key_agreement=False,
-        key_cert_sign=True,
-        crl_sign=True,
+        key_cert_sign=ca,
+        crl_sign=ca,
         encipher_only=False,
         decipher_only=False,
     )
-    builder = builder.add_extension(usage, critical=True)
+
+
+def _ca_certificate(key: ec.EllipticCurvePrivateKey) -> x509.Certificate:
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "llmtrain-testbed-ca")])
+    builder = x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+    builder = _validity(builder.serial_number(x509.random_serial_number()), days=3650)
+    builder = builder.add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+    builder = builder.add_extension(_key_usage(ca=True), critical=True)
     builder = builder.add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
     return builder.sign(key, hashes.SHA256())
 
@@ -154,18 +158,7 @@ def _leaf_certificate(
     builder = x509.CertificateBuilder().subject_name(x509.Name(attributes)).issuer_name(ca_cert.subject)
     builder = _validity(builder.public_key(key.public_key()).serial_number(x509.random_serial_number()), days=825)
     builder = builder.add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-    usage = x509.KeyUsage(
-        digital_signature=True,
-        content_commitment=False,
-        key_encipherment=False,
-        data_encipherment=False,
-        key_agreement=False,
-        key_cert_sign=False,
-        crl_sign=False,
-        encipher_only=False,
-        decipher_only=False,
-    )
-    builder = builder.add_extension(usage, critical=True)
+    builder = builder.add_extension(_key_usage(ca=False), critical=True)
     purpose = ExtendedKeyUsageOID.SERVER_AUTH if leaf.server else ExtendedKeyUsageOID.CLIENT_AUTH
     builder = builder.add_extension(x509.ExtendedKeyUsage([purpose]), critical=False)
     builder = builder.add_extension(

@@ -6,9 +6,7 @@ python -m llmtrain_operator.apidoc --check docs/api.md   # exit 1 when stale
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -123,18 +121,7 @@ def render() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--check", nargs="?", const=str(DEFAULT_PATH), metavar="PATH", help="exit 1 if PATH is stale")
-    args = parser.parse_args(argv)
-    text = render()
-    if args.check is None:
-        sys.stdout.write(text)
-        return 0
-    path = Path(args.check)
-    if not path.exists() or path.read_text() != text:
-        print(f"{path} is stale: run `python -m llmtrain_operator.apidoc > {path}`", file=sys.stderr)
-        return 1
-    return 0
+    return crdgen.generated_file_cli(argv, doc=__doc__ or "", render=render, default=DEFAULT_PATH)
 
 
 if __name__ == "__main__":

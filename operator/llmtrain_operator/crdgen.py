@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import copy
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -189,25 +190,30 @@ def render_yaml() -> str:
     return header + yaml.safe_dump(render_crd(), sort_keys=False, width=120)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def generated_file_cli(argv: list[str] | None, *, doc: str, render: Callable[[], str], default: Path) -> int:
+    """Print a generated file, or with --check [PATH] exit 1 when the committed copy is stale (tests, CI)."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
         "--check",
         nargs="?",
-        const=str(DEFAULT_PATH),
+        const=str(default),
         metavar="PATH",
-        help="compare with PATH (default: the repo's crds/ file) and exit 1 if it is stale",
+        help=f"compare with PATH (default: {default.name} in the repo) and exit 1 if it is stale",
     )
     args = parser.parse_args(argv)
-    text = render_yaml()
+    text = render()
     if args.check is None:
         sys.stdout.write(text)
         return 0
     path = Path(args.check)
     if not path.exists() or path.read_text() != text:
-        print(f"{path} is stale: run `python -m llmtrain_operator.crdgen > {path}`", file=sys.stderr)
+        print(f"{path} is stale: regenerate it (`make crds`)", file=sys.stderr)
         return 1
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return generated_file_cli(argv, doc=__doc__ or "", render=render_yaml, default=DEFAULT_PATH)
 
 
 if __name__ == "__main__":
