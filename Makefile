@@ -18,7 +18,7 @@ CHART_CRD    := charts/llmtrain-operator/crds/llmtrain.dev_llmtrainingjobs.yaml
 
 .PHONY: help
 help: ## List the targets
-	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
+	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
 
 # ---------------------------------------------------------------- environment
 .PHONY: venv
@@ -76,6 +76,18 @@ test-integration: $(CLUSTER) ## Tests against the real test bed (or the cluster 
 test-e2e: $(CLUSTER) ## The whole flow: helm install, train, fault, Prometheus
 	@$(PYTEST) tests/e2e -q
 test: lint test-unit test-integration test-e2e ## Everything CI runs
+
+# ---------------------------------------------------------------- benchmarks (JSON out; docs/benchmarks.md)
+BENCH_OUT ?= out/bench
+.PHONY: bench-trainer bench-operator
+bench-trainer: venv ## Trainer tokens/s on CPU: DDP vs FSDP ZeRO-2/3, tiny preset, 2 processes
+	@mkdir -p $(BENCH_OUT)
+	@for p in ddp zero2 zero3; do \
+	  $(PY) bench/trainer_throughput.py --preset tiny --nproc 2 --parallel $$p --precision fp32 \
+	    --steps 20 --warmup 3 --repeats 3 | tee $(BENCH_OUT)/trainer-tiny-$$p.json; done
+bench-operator: $(CLUSTER) ## Operator: time to all pods for a 64-node job and 100 jobs x 4 nodes, writes, RSS
+	@mkdir -p $(BENCH_OUT)
+	@$(PY) bench/operator_scale.py --out $(BENCH_OUT)/operator-scale.json
 
 # ---------------------------------------------------------------- the main job
 .PHONY: demo
