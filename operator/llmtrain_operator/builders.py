@@ -126,10 +126,12 @@ def torchrun_command(job: JobRef, spec: LLMTrainingJobSpec, rank: int) -> list[s
 
 
 # Waits until the rendezvous host's DNS name resolves, so torchrun never starts against a name the cluster DNS has
-# not published yet (or has cached as missing). Exit 1 after the timeout: transient, the gang is restarted.
+# not published yet (or has cached as missing). A timeout of 0 waits as long as it takes: node 0 may wait for GPUs
+# in the scheduler's queue, which must not count against backoffLimit; the operator's startup deadline reports it.
 WAIT_FOR_RENDEZVOUS = """\
 import socket, sys, time
-host, deadline = sys.argv[1], time.monotonic() + float(sys.argv[2])
+host, limit = sys.argv[1], float(sys.argv[2])
+deadline = time.monotonic() + limit if limit > 0 else float("inf")
 while True:
     try:
         socket.getaddrinfo(host, None)
@@ -140,7 +142,7 @@ while True:
             sys.exit(f"rendezvous host {host} did not resolve in {sys.argv[2]} s: {e}")
         time.sleep(1)
 """
-RENDEZVOUS_DNS_TIMEOUT_SECONDS = 600
+RENDEZVOUS_DNS_TIMEOUT_SECONDS = 0  # no limit (see above)
 
 
 def wait_for_rendezvous(job: JobRef, image: str, pull_policy: str, security: dict[str, Any]) -> dict[str, Any]:

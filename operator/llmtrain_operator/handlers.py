@@ -28,7 +28,7 @@ from .api import TERMINAL_PHASES, Progress
 from .constants import GROUP, KIND, LABEL_JOB, PLURAL, VERSION, config_map_name, service_name
 from .expectations import Expectations
 from .kubeapi import ApiError, KubeClient, gather_limited
-from .observe import PodView, pod_view
+from .observe import PodView, controller_uid, pod_view
 from .progress import fetch_progress
 from .reconcile import Decision, JobView, Observed, OperatorSettings, reconcile, rfc3339
 
@@ -81,8 +81,9 @@ class Operator:
     def _schedule(self, key: Key, slot: _Slot, delay: float) -> None:
         loop = asyncio.get_running_loop()
         at = loop.time() + delay
-        if slot.requeue is not None and not slot.requeue.cancelled() and slot.requeue_at <= at:
-            return
+        pending = slot.requeue is not None and not slot.requeue.cancelled() and slot.requeue_at > loop.time()
+        if pending and slot.requeue_at <= at:
+            return  # an earlier requeue is still to come
         if slot.requeue is not None:
             slot.requeue.cancel()
         slot.requeue_at = at
@@ -135,19 +136,30 @@ class Operator:
         indexed: list[PodView] = []
         if self.pods_index is not None:
             indexed = list(self.pods_index.get((job.namespace, job.name), ()))
-        pods = slot.expectations.merge(indexed, datetime.now(UTC))
+        merged = slot.expectations.merge(indexed, datetime.now(UTC))
+        # Children of a deleted job with the same name linger until garbage-collected: not ours, names still taken.
+        pods = [p for p in merged if p.owner_uid in (None, job.uid)]
+        taken = {p.name for p in merged if p.owner_uid not in (None, job.uid)}
         # Status is written before children are created, so a job without status has none of ours yet; and
-        # reconcile creates nothing for a finished job. Either way there is nothing to look up.
+        # reconcile creates nothing for a finished job. Either way there is nothing to look up. When pods are about
+        # to be (re)created, look again: their ConfigMap and Service must exist and be this job's.
         finished = not job.status or job.status.get("phase") in TERMINAL_PHASES
+        refresh = len(pods) < int(job.spec.get("nodes") or 1)
         for kind, child in (("ConfigMap", config_map_name(job.name)), ("Service", service_name(job.name))):
-            if finished or kind in slot.known_children:
+            if finished or (kind in slot.known_children and not refresh):
                 continue
-            if await self.client.get(kind, job.namespace, child) is not None:
+            found = await self.client.get(kind, job.namespace, child)
+            if found is not None and controller_uid(found) in (None, job.uid):
                 slot.known_children.add(kind)
+                continue
+            slot.known_children.discard(kind)
+            if found is not None:
+                taken.add(child)
         return Observed(
             pods=tuple(pods),
             config_map="ConfigMap" in slot.known_children,
             service="Service" in slot.known_children,
+            taken=frozenset(taken),
         )
 
     async def _apply(self, job: JobView, body: dict[str, Any], slot: _Slot, decision: Decision, now: datetime) -> bool:
@@ -190,7 +202,7 @@ class Operator:
                 if result:
                     metrics.PODS_CREATED.inc()
                     log.info("job %s/%s: created pod %s (attempt %s)", job.namespace, job.name, name, view.attempt)
-            else:
+            elif result:  # a 409 may be a deleted namesake's leftover: the next _observe looks at the owner
                 slot.known_children.add(kind)
 
     async def _delete_children(self, job: JobView, slot: _Slot, decision: Decision, now: datetime) -> None:
@@ -258,7 +270,8 @@ class Operator:
         slot = self.slots.get(key)
         if slot is None or slot.phase != "Running" or self.pods_index is None or self.client is None:
             return
-        pods = sorted((p for p in self.pods_index.get(key, ()) if p.ip and not p.finished), key=lambda p: p.rank)
+        ours = (p for p in self.pods_index.get(key, ()) if p.owner_uid in (None, slot.uid))
+        pods = sorted((p for p in ours if p.ip and not p.finished), key=lambda p: p.rank)
         if not pods:
             return
         body = await self.client.get(KIND, *key)

@@ -38,6 +38,7 @@ class PodView:
     waiting_message: str | None = None
     unschedulable: str | None = None  # PodScheduled=False message
     disrupted: bool = False  # DisruptionTarget condition (eviction, preemption, node drain)
+    owner_uid: str | None = None  # the controlling LLMTrainingJob's uid
 
     @property
     def finished(self) -> bool:
@@ -77,7 +78,14 @@ def pod_view(body: dict[str, Any]) -> PodView:
         waiting_message=waiting.get("message"),
         unschedulable=scheduled.get("message") if scheduled.get("status") == "False" else None,
         disrupted=conditions.get("DisruptionTarget", {}).get("status") == "True",
+        owner_uid=controller_uid(body),
     )
+
+
+def controller_uid(body: dict[str, Any]) -> str | None:
+    """uid of the object's controlling owner: tells our children from a deleted namesake job's leftovers."""
+    refs = (body.get("metadata") or {}).get("ownerReferences") or []
+    return next((r.get("uid") for r in refs if r.get("controller")), None)
 
 
 def _int(value: Any, default: int) -> int:

@@ -18,7 +18,7 @@ from pydantic import ValidationError
 
 from .api import TERMINAL_PHASES, Condition, LLMTrainingJobSpec, LLMTrainingJobStatus, Progress, RunPolicy
 from .builders import JobRef, build_config_map, build_pod, build_service
-from .constants import ANNOTATION_DEV_COMMAND, pod_name
+from .constants import ANNOTATION_DEV_COMMAND, config_map_name, pod_name, service_name
 from .observe import Failure, PodView, classify_failure, parse_time, pending_reason, trainer_report
 from .progress import final_progress
 from .validate import parse_spec, validate_spec
@@ -63,6 +63,8 @@ class Observed:
     pods: tuple[PodView, ...] = ()
     config_map: bool = False
     service: bool = False
+    # Names still held by children of a deleted job of the same name, waiting for garbage collection.
+    taken: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -159,6 +161,12 @@ class _Run:
             Condition(type=type_, status=status, reason=reason, message=message, last_transition_time=rfc3339(self.now))
         )
 
+    def settle_restarting(self, reason: str, message: str) -> None:
+        """A restart in progress ends when the job succeeds or is suspended, not only when pods run again."""
+        restarting = self.get_condition("Restarting")
+        if restarting is not None and restarting.status == "True":
+            self.condition("Restarting", "False", reason, message)
+
     def get_condition(self, type_: str) -> Condition | None:
         return next((c for c in self.st.conditions if c.type == type_), None)
 
@@ -209,6 +217,7 @@ class _Run:
         message = f"all {nodes} node pods succeeded"
         self.condition("Succeeded", "True", "AllNodesSucceeded", message)
         self.condition("Running", "False", "Completed", message)
+        self.settle_restarting("Completed", message)
         self.event("Normal", "Succeeded", message)
         return self.terminal(policy)
 
@@ -280,6 +289,11 @@ def _reconcile_active(run: _Run, spec: LLMTrainingJobSpec, command: list[str] | 
     job, observed, now, st, decision = run.job, run.observed, run.now, run.st, run.decision
     policy, nodes = spec.run_policy, spec.nodes
 
+    if observed.taken & {config_map_name(job.name), service_name(job.name)}:
+        # A deleted job of the same name still owns the config or the Service: pods started now would read its
+        # config. Wait for the garbage collector.
+        decision.requeue(RETRY_SOON)
+        return run.finish()
     if not observed.config_map:
         decision.creates.append(build_config_map(job.ref, spec))
     if not observed.service:
@@ -293,6 +307,7 @@ def _reconcile_active(run: _Run, spec: LLMTrainingJobSpec, command: list[str] | 
             st.start_time = None
             run.condition("Suspended", "True", "JobSuspended", "spec.runPolicy.suspend is true; node pods deleted")
             run.condition("Running", "False", "JobSuspended", "suspended")
+            run.settle_restarting("JobSuspended", "suspended; the next attempt starts on resume")
             run.event("Normal", "Suspended", "job suspended: node pods deleted")
         run.count(nodes)
         if any(p.terminating for p in observed.pods):
@@ -350,7 +365,7 @@ def _reconcile_active(run: _Run, spec: LLMTrainingJobSpec, command: list[str] | 
         return run.succeed(policy, nodes, current)
 
     # Create the missing node pods of this attempt once their names are free.
-    taken = {p.name for p in observed.pods}
+    taken = {p.name for p in observed.pods} | observed.taken
     missing = [r for r in range(nodes) if r not in present]
     creatable = [r for r in missing if pod_name(job.name, r) not in taken]
     for rank in creatable:

@@ -96,9 +96,10 @@ def _parallelism(spec: LLMTrainingJobSpec) -> list[FieldError]:
         errors.append(
             FieldError("spec.parallelism.tensorParallel", f"{tp} does not divide the {procs} processes per node")
         )
-    for name, heads in resolved_heads(spec).items():
-        if heads is not None and heads % tp:
-            errors.append(FieldError("spec.parallelism.tensorParallel", f"{tp} does not divide model.{name} ({heads})"))
+    sharded = {**resolved_heads(spec), "ffnDim": spec.model.ffn_dim, "vocabSize": spec.model.vocab_size}
+    for name, size in sharded.items():  # tensor parallel splits these across ranks
+        if size is not None and size % tp:
+            errors.append(FieldError("spec.parallelism.tensorParallel", f"{tp} does not divide model.{name} ({size})"))
     return errors
 
 

@@ -331,7 +331,7 @@ def train(cfg: TrainerConfig, rt: Runtime, stop: StopRequest) -> int:
                 seconds = ckpt.save(step, model, optimizer, trainer_state())
             if seconds is not None:
                 metrics.record_checkpoint(step, seconds)
-        if stopping:
+        if stopping and step < tc.steps:  # a SIGTERM during the last step: that step is saved, so finish normally
             log("stopped", step=step, reason="SIGTERM")
             metrics.close()
             return EXIT_SIGTERM

@@ -138,7 +138,7 @@ def test_multi_node_pods_wait_for_the_rendezvous_name_to_resolve_before_torchrun
     [init] = pod["spec"]["initContainers"]
     assert init["name"] == "wait-for-rendezvous" and init["image"] == pod["spec"]["containers"][0]["image"]
     assert init["command"][:2] == ["python", "-c"]
-    assert init["command"][3:] == ["gpt2-fsdp-node-0.gpt2-fsdp", "600"]
+    assert init["command"][3:] == ["gpt2-fsdp-node-0.gpt2-fsdp", "0"]  # 0: no limit, queueing is not a failure
     assert init["securityContext"] == pod["spec"]["containers"][0]["securityContext"]
 
 
@@ -157,7 +157,7 @@ def test_rendezvous_wait_script_exits_once_the_name_resolves_and_fails_after_its
     ok = subprocess.run([sys.executable, "-c", WAIT_FOR_RENDEZVOUS, "localhost", "5"], capture_output=True, text=True)
     assert ok.returncode == 0 and "localhost resolves" in ok.stdout
     missing = "no-such-pod.no-such-job.invalid"
-    bad = subprocess.run([sys.executable, "-c", WAIT_FOR_RENDEZVOUS, missing, "0"], capture_output=True, text=True)
+    bad = subprocess.run([sys.executable, "-c", WAIT_FOR_RENDEZVOUS, missing, "0.1"], capture_output=True, text=True)
     assert bad.returncode == 1 and f"{missing} did not resolve" in bad.stderr
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 from llmtrain_operator.api import Progress
-from llmtrain_operator.observe import PodView
+from llmtrain_operator.observe import PodView, pod_view
 from llmtrain_operator.reconcile import JobView, Observed, OperatorSettings, merge_patch, reconcile, rfc3339
 
 NOW = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
@@ -360,3 +360,58 @@ def test_merge_patch_nulls_removed_keys_and_recurses_into_objects():
     new = {"phase": "Suspended", "progress": {"step": 1, "loss": 1.0}}
     assert merge_patch(old, new) == {"startTime": None, "phase": "Suspended", "progress": {"loss": 1.0}}
     assert merge_patch(new, new) == {}
+
+
+# ----- a job re-created under the name of a deleted one -----
+
+
+def test_pods_of_a_deleted_namesake_hold_their_names_until_garbage_collected():
+    """kubectl delete + apply: the old job's pods linger a moment; the new job must neither adopt nor clash."""
+    status = {"phase": "Pending", "restarts": 0}
+    d = reconcile(
+        job(status=status),
+        Observed(pods=(), config_map=True, service=True, taken=frozenset({"demo-node-0"})),
+        NOW,
+        SETTINGS,
+    )
+    assert [m["metadata"]["name"] for m in d.creates] == ["demo-node-1"]
+    assert d.requeue_after == 1.0
+
+
+def test_a_namesakes_config_map_blocks_pod_creation_until_it_is_gone():
+    """Pods started now would mount the deleted job's config."""
+    d = reconcile(job(status={"phase": "Pending"}), Observed(taken=frozenset({"demo-config"})), NOW, SETTINGS)
+    assert d.creates == [] and d.requeue_after == 1.0
+
+
+def test_pod_view_records_its_controlling_owner():
+    body = {
+        "metadata": {
+            "name": "demo-node-0",
+            "labels": {"llmtrain.dev/node-rank": "0"},
+            "ownerReferences": [{"kind": "LLMTrainingJob", "uid": "uid-1", "controller": True}],
+        }
+    }
+    assert pod_view(body).owner_uid == "uid-1"
+
+
+# ----- the Restarting condition ends with the restart -----
+
+RESTARTING = {
+    **RUNNING,
+    "phase": "Restarting",
+    "restarts": 1,
+    "conditions": [{"type": "Restarting", "status": "True", "reason": "PodFailed", "lastTransitionTime": rfc3339(NOW)}],
+}
+
+
+def test_success_straight_from_restarting_clears_the_restarting_condition():
+    d = reconcile(job(status=RESTARTING), seen(pod(0, "Succeeded", 1), pod(1, "Succeeded", 1)), NOW, SETTINGS)
+    assert d.status["phase"] == "Succeeded"
+    assert cond(d, "Restarting")["status"] == "False"
+
+
+def test_suspending_a_restarting_job_clears_the_restarting_condition():
+    d = reconcile(job(status=RESTARTING, runPolicy={"suspend": True}), seen(), NOW, SETTINGS)
+    assert d.status["phase"] == "Suspended"
+    assert cond(d, "Restarting")["status"] == "False"

@@ -63,6 +63,12 @@ def test_a_presets_heads_are_checked_against_tensor_parallel_too(model, tp, name
     assert any(named in m for m in messages), messages
 
 
+def test_tensor_parallel_must_divide_explicit_ffn_and_vocabulary_sizes():
+    model = {"preset": "tiny", "ffnDim": 131, "vocabSize": 50257}
+    messages = [e.message for e in validate_spec(spec(model=model, parallelism={"tensorParallel": 2}))]
+    assert any("model.ffnDim (131)" in m for m in messages) and any("model.vocabSize (50257)" in m for m in messages)
+
+
 def test_preset_head_counts_match_the_trainers_presets():
     from llmtrain_operator.constants import PRESET_HEADS
     from llmtrain_trainer.model import PRESETS
