@@ -119,6 +119,27 @@ def test_deleting_the_job_garbage_collects_its_children(kube: Kube, operator: Op
     )
 
 
+def test_a_job_recreated_under_the_same_name_runs_its_own_pods(kube: Kube, operator: OperatorProcess):
+    """kubectl delete + apply: the deleted job's finished pods and config linger until garbage-collected; the new
+    job must neither count them as its own (instantly Succeeded) nor mount the old config."""
+    kube.create(job_manifest("again", "time.sleep(0.5)", nodes=2))
+    kube.wait_phase("again", "Succeeded", timeout=60)
+    old = {p["metadata"]["uid"] for p in kube.pods("again")}
+    assert len(old) == 2  # cleanPodPolicy Running keeps finished pods
+
+    kube.cluster.kubectl("delete", "ltj", "again", "-n", kube.ns, "--wait=false")
+    kube.create(job_manifest("again", "time.sleep(2)", nodes=2))
+    new_uid = kube.job("again")["metadata"]["uid"]
+    status = kube.wait_phase("again", "Succeeded", timeout=90)
+
+    pods = kube.pods("again")
+    assert len(pods) == 2 and not old & {p["metadata"]["uid"] for p in pods}
+    assert all(p["metadata"]["ownerReferences"][0]["uid"] == new_uid for p in pods)
+    config = kube.get("configmap", "again-config")
+    assert config["metadata"]["ownerReferences"][0]["uid"] == new_uid
+    assert status["succeeded"] == 2
+
+
 def test_killed_operator_is_replaced_without_duplicates(cluster: Cluster, kube: Kube):
     kube.create(job_manifest("phoenix", nodes=4))
     first = OperatorProcess(cluster, kube.ns).start()
