@@ -145,12 +145,15 @@ class Operator:
         # to be (re)created, look again: their ConfigMap and Service must exist and be this job's.
         finished = not job.status or job.status.get("phase") in TERMINAL_PHASES
         refresh = len(pods) < int(job.spec.get("nodes") or 1)
+        config: dict[str, str] | None = None
         for kind, child in (("ConfigMap", config_map_name(job.name)), ("Service", service_name(job.name))):
             if finished or (kind in slot.known_children and not refresh):
                 continue
             found = await self.client.get(kind, job.namespace, child)
             if found is not None and controller_uid(found) in (None, job.uid):
                 slot.known_children.add(kind)
+                if kind == "ConfigMap":
+                    config = dict(found.get("data") or {})
                 continue
             slot.known_children.discard(kind)
             if found is not None:
@@ -160,6 +163,7 @@ class Operator:
             config_map="ConfigMap" in slot.known_children,
             service="Service" in slot.known_children,
             taken=frozenset(taken),
+            config=config,
         )
 
     async def _apply(self, job: JobView, body: dict[str, Any], slot: _Slot, decision: Decision, now: datetime) -> bool:
@@ -181,6 +185,9 @@ class Operator:
         metrics.publish_phases({k: s.phase for k, s in self.slots.items() if s.phase})
 
         await self._delete_children(job, slot, decision, now)
+        for manifest in decision.updates:  # before the pods that mount it are created
+            kind, child = manifest["kind"], manifest["metadata"]["name"]
+            await self.client.merge_patch(kind, ns, child, {"data": manifest["data"]})
         await self._create_children(job, slot, decision, now)
         await gather_limited([self._post_event(body, e.type, e.reason, e.message) for e in decision.events])
         if decision.delete_job:

@@ -103,6 +103,15 @@ class KubeClient:
             raise ApiError(status, body, f"create {manifest['kind']} {meta['namespace']}/{meta.get('name')}")
         return True
 
+    async def merge_patch(self, kind: str, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
+        """JSON merge patch of an object we own (e.g. a re-rendered config)."""
+        status, body = await self.request(
+            "PATCH", self.path(kind, namespace, name), patch, content_type="application/merge-patch+json"
+        )
+        if status >= 300:
+            raise ApiError(status, body, f"patch {kind} {namespace}/{name}")
+        return body
+
     async def delete(self, kind: str, namespace: str, name: str, propagation: str = "Background") -> bool:
         """Delete; False if it was already gone."""
         options = {"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": propagation}

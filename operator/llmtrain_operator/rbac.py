@@ -13,7 +13,9 @@ RULES: list[dict[str, list[str]]] = [
     {"apiGroups": [GROUP], "resources": [f"{PLURAL}/status"], "verbs": ["get", "patch", "update"]},
     # Children.
     {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch", "create", "delete"]},
-    {"apiGroups": [""], "resources": ["services", "configmaps"], "verbs": ["get", "create", "delete"]},
+    {"apiGroups": [""], "resources": ["services"], "verbs": ["get", "create", "delete"]},
+    # patch: a new attempt (gang restart, resume) re-renders the trainer config from the edited spec.
+    {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "create", "delete", "patch"]},
     # Events for every transition (kopf posts its own errors too).
     {"apiGroups": ["", "events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
     # kopf: discovers CRDs and, when cluster-wide, namespaces.

@@ -65,6 +65,8 @@ class Observed:
     service: bool = False
     # Names still held by children of a deleted job of the same name, waiting for garbage collection.
     taken: frozenset[str] = frozenset()
+    # The ConfigMap's data when it was read for this reconcile (before a new attempt's pods), else None.
+    config: dict[str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -85,6 +87,7 @@ class Decision:
     status: dict[str, Any]  # the complete new status, camelCase
     old_status: dict[str, Any]
     creates: list[dict[str, Any]] = field(default_factory=list)
+    updates: list[dict[str, Any]] = field(default_factory=list)  # merge-patched before anything is created
     deletes: list[tuple[str, str]] = field(default_factory=list)  # (kind, name)
     events: list[Event] = field(default_factory=list)
     requeue_after: float | None = None
@@ -368,6 +371,12 @@ def _reconcile_active(run: _Run, spec: LLMTrainingJobSpec, command: list[str] | 
     taken = {p.name for p in observed.pods} | observed.taken
     missing = [r for r in range(nodes) if r not in present]
     creatable = [r for r in missing if pod_name(job.name, r) not in taken]
+    if creatable and observed.config is not None:
+        # A new attempt (first pods, gang restart, resume) trains on the spec as it is now, edits included.
+        desired = build_config_map(job.ref, spec)
+        if desired["data"] != observed.config:
+            decision.updates.append(desired)
+            run.event("Normal", "ConfigUpdated", "trainer config re-rendered from the edited spec for the new pods")
     for rank in creatable:
         decision.creates.append(build_pod(job.ref, spec, rank, st.restarts, run.settings.default_image, command))
     st.active += len(creatable)  # count them now, so this decision's status write is not followed by another

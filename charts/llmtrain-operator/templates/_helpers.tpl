@@ -67,8 +67,12 @@ tests/unit/ship/test_chart_render.py compares the rendered rules with it.
   resources: ["pods"]
   verbs: ["get", "list", "watch", "create", "delete"]
 - apiGroups: [""]
-  resources: ["services", "configmaps"]
+  resources: ["services"]
   verbs: ["get", "create", "delete"]
+# patch: a new attempt (gang restart, resume) re-renders the trainer config from the edited spec.
+- apiGroups: [""]
+  resources: ["configmaps"]
+  verbs: ["get", "create", "delete", "patch"]
 # Events for every transition (kopf posts its own errors too).
 - apiGroups: ["", "events.k8s.io"]
   resources: ["events"]

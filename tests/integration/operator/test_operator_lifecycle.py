@@ -104,6 +104,21 @@ def test_suspend_deletes_pods_and_resume_recreates_them(kube: Kube, operator: Op
     assert status["restarts"] == 0 and len(kube.pods("pausable")) == 2
 
 
+def test_steps_raised_while_suspended_reach_the_trainer_on_resume(kube: Kube, operator: OperatorProcess):
+    kube.create(job_manifest("longer", nodes=2))
+    kube.wait_phase("longer", "Running", timeout=60)
+    kube.merge_patch("ltj", "longer", {"spec": {"runPolicy": {"suspend": True}}})
+    kube.wait_phase("longer", "Suspended", timeout=30)
+    wait_for(lambda: kube.pods("longer") == [], timeout=45, what="pods deleted on suspend")
+
+    kube.merge_patch("ltj", "longer", {"spec": {"training": {"steps": 40}, "runPolicy": {"suspend": False}}})
+    kube.wait_phase("longer", "Running", timeout=60)
+
+    config = json.loads(kube.get("configmap", "longer-config")["data"]["config.json"])
+    assert config["training"]["steps"] == 40
+    assert "ConfigUpdated" in [e["reason"] for e in kube.events("longer")]
+
+
 def test_deleting_the_job_garbage_collects_its_children(kube: Kube, operator: OperatorProcess):
     kube.create(job_manifest("doomed", nodes=2))
     wait_for(lambda: len(kube.pods("doomed")) == 2, timeout=30, what="pods")

@@ -415,3 +415,37 @@ def test_suspending_a_restarting_job_clears_the_restarting_condition():
     d = reconcile(job(status=RESTARTING, runPolicy={"suspend": True}), seen(), NOW, SETTINGS)
     assert d.status["phase"] == "Suspended"
     assert cond(d, "Restarting")["status"] == "False"
+
+
+# ----- edits reach the trainer at the next attempt -----
+
+
+def _config_data(**training: Any) -> dict[str, str]:
+    from llmtrain_operator.api import LLMTrainingJobSpec
+    from llmtrain_operator.builders import build_config_map
+
+    spec = LLMTrainingJobSpec.model_validate({**SPEC, "training": {**SPEC["training"], **training}})
+    return build_config_map(job().ref, spec)["data"]
+
+
+def test_a_new_attempt_re_renders_a_config_the_spec_has_outgrown():
+    """e.g. steps raised while suspended: the resumed pods must train to the new count."""
+    stale = _config_data(steps=5)
+    d = reconcile(
+        job(status={"phase": "Pending", "restarts": 0}),
+        Observed(config_map=True, service=True, config=stale),
+        NOW,
+        SETTINGS,
+    )
+    [update] = d.updates
+    assert update["kind"] == "ConfigMap" and update["data"] == _config_data()
+    assert json.loads(update["data"]["config.json"])["training"]["steps"] == 10
+    assert [m["kind"] for m in d.creates] == ["Pod", "Pod"]
+    assert any(e.reason == "ConfigUpdated" for e in d.events)
+
+
+def test_an_unchanged_config_is_left_alone():
+    d = reconcile(
+        job(status={"phase": "Pending"}), Observed(config_map=True, service=True, config=_config_data()), NOW, SETTINGS
+    )
+    assert d.updates == [] and [m["kind"] for m in d.creates] == ["Pod", "Pod"]
