@@ -93,6 +93,7 @@ async def scenario(client: KubeClient, ns: str, jobs: list[dict[str, Any]], time
     seen: dict[str, float] = {}
     done = asyncio.Event()
     watcher = asyncio.ensure_future(watch_pods(client, ns, expected, seen, done))
+    watcher.add_done_callback(lambda _: done.set())  # a watch that dies must end the wait, not time it out
     await asyncio.sleep(0.5)  # let the watch connect
     began = time.perf_counter()
     created_at: dict[str, float] = {}
@@ -109,6 +110,8 @@ async def scenario(client: KubeClient, ns: str, jobs: list[dict[str, Any]], time
         await asyncio.wait_for(done.wait(), timeout)
     finally:
         watcher.cancel()
+    if watcher.done() and not watcher.cancelled() and watcher.exception() is not None:
+        raise RuntimeError(f"pod watch failed after {len(seen)}/{expected} pods") from watcher.exception()
     per_job = []
     for j in jobs:
         name = j["metadata"]["name"]
