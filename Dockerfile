@@ -13,11 +13,13 @@ ARG TRAINER_BASE=pytorch/pytorch:2.7.1-cuda12.8-cudnn9-runtime
 FROM ${OPERATOR_BASE} AS operator-build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
+COPY contract/pyproject.toml contract/pyproject.toml
+COPY contract/llmtrain_contract contract/llmtrain_contract
 COPY operator/pyproject.toml operator/pyproject.toml
 COPY operator/llmtrain_operator operator/llmtrain_operator
 # A venv keeps the runtime stage a plain copy: no compiler, no pip cache, no sources.
 RUN python -m venv /opt/llmtrain \
- && /opt/llmtrain/bin/pip install ./operator
+ && /opt/llmtrain/bin/pip install ./contract ./operator
 
 FROM ${OPERATOR_BASE} AS operator
 ARG VERSION=0.1.0
@@ -41,9 +43,11 @@ CMD ["llmtrain-operator"]
 FROM ${TRAINER_BASE} AS trainer-build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
+COPY contract/pyproject.toml contract/pyproject.toml
+COPY contract/llmtrain_contract contract/llmtrain_contract
 COPY trainer_image/pyproject.toml trainer_image/pyproject.toml
 COPY trainer_image/llmtrain_trainer trainer_image/llmtrain_trainer
-RUN python -m pip wheel --no-deps --wheel-dir /wheels ./trainer_image
+RUN python -m pip wheel --no-deps --wheel-dir /wheels ./contract ./trainer_image
 
 FROM ${TRAINER_BASE} AS trainer
 ARG VERSION=0.1.0

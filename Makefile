@@ -9,7 +9,7 @@ K8S_VERSION  ?= v1.37.2
 BIN_DIR      := $(CACHE)/k8s-$(K8S_VERSION)/bin
 TOOLS_DIR    := $(CACHE)/tools/bin
 export PATH         := $(BIN_DIR):$(TOOLS_DIR):$(VENV)/bin:$(PATH)
-export PYTHONPATH   := $(CURDIR)/hack:$(CURDIR)/operator:$(CURDIR)/trainer_image
+export PYTHONPATH   := $(CURDIR)/hack:$(CURDIR)/contract:$(CURDIR)/operator:$(CURDIR)/trainer_image
 export K8S_VERSION
 PYTEST       := $(PY) -m pytest -p no:cacheprovider
 REQ_STAMP    := $(VENV)/.llmtrain-$(shell sha256sum requirements.lock | cut -c1-16)
@@ -22,8 +22,8 @@ help: ## List the targets
 
 # ---------------------------------------------------------------- environment
 .PHONY: venv
-venv: $(REQ_STAMP) ## Python environment (torch, kopf, ...) in ~/.cache/llmtrain/venv, plus our two packages
-	@$(PY) -m pip install -q --no-deps --no-build-isolation -e operator -e trainer_image >$(VENV)/.editable.log 2>&1 \
+venv: $(REQ_STAMP) ## Python environment (torch, kopf, ...) in ~/.cache/llmtrain/venv, plus our packages
+	@$(PY) -m pip install -q --no-deps --no-build-isolation -e contract -e operator -e trainer_image >$(VENV)/.editable.log 2>&1 \
 		|| { cat $(VENV)/.editable.log; exit 1; }
 
 $(REQ_STAMP): requirements.lock
@@ -61,8 +61,8 @@ crds: venv ## Regenerate the CRD (and the chart's copy) and docs/api.md from the
 # ---------------------------------------------------------------- checks
 .PHONY: lint
 lint: venv ## ruff over all Python
-	@$(VENV)/bin/ruff check operator trainer_image hack tests bench
-	@$(VENV)/bin/ruff format --check operator trainer_image hack tests bench
+	@$(VENV)/bin/ruff check contract operator trainer_image hack tests bench
+	@$(VENV)/bin/ruff format --check contract operator trainer_image hack tests bench
 
 .PHONY: test-unit test-integration test-e2e test
 test-unit: venv cluster-bins system-deps ## Pure functions, single-machine runs (trainer on CPU/gloo), chart and lint tools

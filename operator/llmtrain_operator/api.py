@@ -9,10 +9,21 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
+from llmtrain_contract.rules import CEL_WARMUP_BELOW_STEPS, cel
+from llmtrain_contract.sections import (
+    CheckpointPolicy,
+    DataSection,
+    LoggingSection,
+    MetricsSection,
+    ModelSection,
+    OptimizerSection,
+    ParallelismSection,
+    Precision,
+    ScheduleSection,
+    TrainingSection,
+)
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
-
-from .constants import DEFAULT_METRICS_PORT
 
 # Schema markers read by crdgen (pydantic keeps unknown keys of json_schema_extra in the JSON schema).
 INT_OR_STRING = {"x-kubernetes-int-or-string": True}
@@ -21,10 +32,6 @@ IMMUTABLE = {"x-kubernetes-validations": [{"rule": "self == oldSelf", "message":
 
 Quantity = Annotated[int | str, Field(json_schema_extra=INT_OR_STRING)]
 K8sObject = Annotated[dict[str, Any], Field(json_schema_extra=PRESERVE_UNKNOWN)]
-
-
-def _cel(*rules: dict[str, str]) -> dict[str, Any]:
-    return {"x-kubernetes-validations": list(rules)}
 
 
 class _Model(BaseModel):
@@ -42,106 +49,12 @@ class ResourceRequirements(_Model):
     )
 
 
-class ModelSpec(_Model):
-    """Transformer shape: a preset (shapes defined by the trainer), optionally overridden by explicit dimensions."""
-
-    model_config = ConfigDict(
-        json_schema_extra=_cel(
-            {
-                "rule": "has(self.preset) || (has(self.dim) && has(self.layers) && has(self.heads))",
-                "message": "set model.preset, or model.dim, model.layers and model.heads",
-            },
-            {
-                "rule": "!has(self.heads) || !has(self.kvHeads) || self.heads % self.kvHeads == 0",
-                "message": "model.heads must be a multiple of model.kvHeads",
-                "fieldPath": ".kvHeads",
-            },
-        )
-    )
-
-    preset: Literal["tiny", "gpt2-124m", "llama-1b", "llama-8b"] | None = Field(
-        None, description="Named model shape; explicit dimensions below override its values."
-    )
-    dim: int | None = Field(None, ge=8, description="Hidden size.")
-    layers: int | None = Field(None, ge=1, description="Number of transformer blocks.")
-    heads: int | None = Field(None, ge=1, description="Attention heads.")
-    kv_heads: int | None = Field(None, ge=1, description="Key/value heads (grouped-query attention); = heads if unset.")
-    ffn_dim: int | None = Field(None, ge=8, description="SwiGLU feed-forward hidden size.")
-    vocab_size: int | None = Field(None, ge=2, description="Vocabulary size; the tokenizer's when unset.")
-    max_seq_len: int | None = Field(None, ge=1, description="Longest sequence the rotary embeddings are built for.")
-    tie_embeddings: bool | None = Field(None, description="Share the input embedding with the output projection.")
-
-
-class DataSpec(_Model):
-    """Training data."""
-
-    source: str = Field(
-        "synthetic",
-        min_length=1,
-        description="'synthetic', or a path on a mounted volume to a text file or a pre-tokenised .bin file.",
-    )
-    tokenizer: str = Field("byte", description="'byte', 'tiktoken:<encoding>' or 'hf:<path to tokenizer.json>'.")
-    seq_len: int = Field(256, ge=2, description="Tokens per training sequence.")
-    bin_dtype: Literal["uint16", "uint32"] = Field("uint16", description="Element type of a pre-tokenised .bin file.")
-
-
-class ParallelismSpec(_Model):
-    """How the model and batch are split across ranks. Immutable: checkpoints are laid out for one choice."""
-
-    model_config = ConfigDict(json_schema_extra=IMMUTABLE)
-
-    data_parallel: Literal["ddp", "fsdp"] = Field(
-        "fsdp", description="Data parallelism: ddp replicates the model, fsdp shards it (FSDP2)."
-    )
-    sharding: Literal["zero2", "zero3", "hybrid"] = Field(
-        "zero3",
-        description="FSDP sharding: zero2 keeps parameters after forward, zero3 reshards them, hybrid shards within "
-        "a node and replicates across nodes. Ignored for ddp.",
-    )
-    tensor_parallel: int = Field(
-        1, ge=1, description="Tensor-parallel degree within a node; must divide procsPerNode and model.heads."
-    )
-
-
-class OptimizerSpec(_Model):
-    """AdamW hyper-parameters."""
-
-    lr: float = Field(3e-4, gt=0, description="Peak learning rate.")
-    betas: list[float] = Field([0.9, 0.95], min_length=2, max_length=2, description="AdamW beta1 and beta2.")
-    weight_decay: float = Field(0.1, ge=0, description="Decoupled weight decay (not applied to norms/embeddings).")
-    eps: float = Field(1e-8, gt=0, description="AdamW epsilon.")
-
-
-class ScheduleSpec(_Model):
-    """Learning-rate schedule."""
-
-    warmup_steps: int = Field(0, ge=0, description="Linear warmup steps; must be smaller than training.steps.")
-    decay: Literal["cosine", "linear", "constant"] = Field("cosine", description="Decay shape after warmup.")
-    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="Final learning rate as a fraction of the peak.")
-
-
-class TrainingSpec(_Model):
-    """Steps and batch sizes."""
-
-    steps: int = Field(ge=1, description="Optimizer steps to run.")
-    global_batch_size: int = Field(
-        ge=1, description="Sequences per optimizer step across all ranks; a multiple of microBatchSize x data-parallel."
-    )
-    micro_batch_size: int = Field(1, ge=1, description="Sequences per rank per forward pass.")
-    grad_clip: float = Field(1.0, ge=0, description="Maximum global gradient norm; 0 disables clipping.")
-    activation_checkpointing: Literal["none", "full", "selective"] = Field(
-        "none", description="Activation recomputation policy."
-    )
-    compile: bool = Field(False, description="torch.compile each transformer block.")
-    seed: int = Field(0, description="Seed for initialisation, data order and dropout.")
-
-
-class CheckpointSpec(_Model):
+class CheckpointSpec(CheckpointPolicy):
     """Where and how often to checkpoint. Checkpoints go to <volume>/<job name>/step-<N>, so jobs can share a
     volume; a restarted gang, or a job re-created under the same name, resumes from the newest complete one."""
 
     model_config = ConfigDict(
-        json_schema_extra=_cel(
+        json_schema_extra=cel(
             {
                 "rule": "has(self.claimName) != has(self.volume)",
                 "message": "set exactly one of checkpoint.claimName and checkpoint.volume",
@@ -155,25 +68,6 @@ class CheckpointSpec(_Model):
     volume: K8sObject | None = Field(
         None, description="Any Kubernetes volume source (e.g. {nfs: {...}}) mounted at /checkpoints instead of a claim."
     )
-    interval: int = Field(100, ge=1, description="Save every this many steps (and at the end).")
-    keep: int = Field(3, ge=1, description="Keep the newest this many complete checkpoints.")
-    async_save: bool = Field(False, description="Write checkpoints in the background.")
-
-
-class MetricsSpec(_Model):
-    """The trainer's Prometheus endpoint (rank 0's is read for status.progress)."""
-
-    port: int = Field(DEFAULT_METRICS_PORT, ge=1, le=65535, description="Port of the trainer's /metrics endpoint.")
-    peak_flops: float | None = Field(
-        None, gt=0, description="Peak FLOP/s per device for MFU; the trainer's GPU table when unset."
-    )
-
-
-class LoggingSpec(_Model):
-    """Trainer log output."""
-
-    interval: int = Field(10, ge=1, description="Rank 0 logs every this many steps.")
-    json_lines: bool = Field(False, alias="json", description="Log JSON lines instead of text.")
 
 
 class RunPolicy(_Model):
@@ -229,10 +123,10 @@ _TP_DIVIDES_PROCS = {
     "message": "parallelism.tensorParallel must divide procsPerNode",
     "fieldPath": ".parallelism.tensorParallel",
 }
-_WARMUP_BELOW_STEPS = {
-    "rule": "self.schedule.warmupSteps == 0 || self.schedule.warmupSteps < self.training.steps",
-    "message": "schedule.warmupSteps must be smaller than training.steps",
-    "fieldPath": ".schedule.warmupSteps",
+_METRICS_ENDPOINT = {
+    "rule": "!has(self.metrics) || !has(self.metrics.port) || self.metrics.port >= 1",
+    "message": "metrics.port must be a port number: the operator reads progress from it",
+    "fieldPath": ".metrics.port",
 }
 _PROCS_AUTO_OR_POSITIVE = {
     "rule": "type(self) == int ? self >= 1 : self == 'auto'",
@@ -243,7 +137,7 @@ _PROCS_AUTO_OR_POSITIVE = {
 class LLMTrainingJobSpec(_Model):
     """Desired state of an LLMTrainingJob: one torchrun gang of `nodes` pods training one model."""
 
-    model_config = ConfigDict(json_schema_extra=_cel(_TP_DIVIDES_PROCS, _WARMUP_BELOW_STEPS))
+    model_config = ConfigDict(json_schema_extra=cel(_TP_DIVIDES_PROCS, CEL_WARMUP_BELOW_STEPS, _METRICS_ENDPOINT))
 
     image: str | None = Field(None, description="Trainer image; the operator's --trainer-image when unset.")
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = Field(
@@ -254,21 +148,25 @@ class LLMTrainingJobSpec(_Model):
         "auto",
         description="Worker processes per pod (torchrun --nproc-per-node): an integer, or 'auto' = the pod's GPU "
         "count (1 without GPUs).",
-        json_schema_extra={**INT_OR_STRING, **_cel(_PROCS_AUTO_OR_POSITIVE)},
+        json_schema_extra={**INT_OR_STRING, **cel(_PROCS_AUTO_OR_POSITIVE)},
     )
     resources: ResourceRequirements = Field(
         default_factory=ResourceRequirements, description=ResourceRequirements.__doc__
     )
-    model: ModelSpec = Field(description=ModelSpec.__doc__, json_schema_extra=IMMUTABLE)
-    data: DataSpec = Field(default_factory=DataSpec, description=DataSpec.__doc__)
-    parallelism: ParallelismSpec = Field(default_factory=ParallelismSpec, description=ParallelismSpec.__doc__)
-    precision: Literal["bf16", "fp16", "fp32"] = Field("bf16", description="Training precision (mixed for bf16/fp16).")
-    optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec, description=OptimizerSpec.__doc__)
-    schedule: ScheduleSpec = Field(default_factory=ScheduleSpec, description=ScheduleSpec.__doc__)
-    training: TrainingSpec = Field(description=TrainingSpec.__doc__)
+    model: ModelSection = Field(description=ModelSection.__doc__, json_schema_extra=IMMUTABLE)
+    data: DataSection = Field(default_factory=DataSection, description=DataSection.__doc__)
+    parallelism: ParallelismSection = Field(
+        default_factory=ParallelismSection,
+        description=f"{ParallelismSection.__doc__} Immutable: checkpoints are laid out for one choice.",
+        json_schema_extra=IMMUTABLE,
+    )
+    precision: Precision = Field("bf16", description="Training precision (mixed for bf16/fp16).")
+    optimizer: OptimizerSection = Field(default_factory=OptimizerSection, description=OptimizerSection.__doc__)
+    schedule: ScheduleSection = Field(default_factory=ScheduleSection, description=ScheduleSection.__doc__)
+    training: TrainingSection = Field(description=TrainingSection.__doc__)
     checkpoint: CheckpointSpec | None = Field(None, description=CheckpointSpec.__doc__)
-    metrics: MetricsSpec = Field(default_factory=MetricsSpec, description=MetricsSpec.__doc__)
-    logging: LoggingSpec = Field(default_factory=LoggingSpec, description=LoggingSpec.__doc__)
+    metrics: MetricsSection = Field(default_factory=MetricsSection, description=MetricsSection.__doc__)
+    logging: LoggingSection = Field(default_factory=LoggingSection, description=LoggingSection.__doc__)
     run_policy: RunPolicy = Field(default_factory=RunPolicy, description=RunPolicy.__doc__)
     scheduling: SchedulingSpec = Field(default_factory=SchedulingSpec, description=SchedulingSpec.__doc__)
     pod_template: PodTemplateSpec = Field(default_factory=PodTemplateSpec, description=PodTemplateSpec.__doc__)

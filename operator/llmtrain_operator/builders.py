@@ -7,9 +7,10 @@ garbage-collects them.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
+
+from llmtrain_contract.exit_codes import DEFAULT_TERMINATION_LOG, TERMINATION_LOG_ENV
 
 from .api import LLMTrainingJobSpec
 from .constants import (
@@ -26,7 +27,6 @@ from .constants import (
     MANAGER,
     RDZV_PORT,
     RUN_AS_USER,
-    TERMINATION_LOG,
     VOLUME_CHECKPOINTS,
     VOLUME_CONFIG,
     VOLUME_SHM,
@@ -82,7 +82,7 @@ def build_config_map(job: JobRef, spec: LLMTrainingJobSpec) -> dict[str, Any]:
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": _metadata(job, config_map_name(job.name)),
-        "data": {CONFIG_FILE: json.dumps(config, indent=2, sort_keys=True)},
+        "data": {CONFIG_FILE: config.to_json()},
     }
 
 
@@ -170,7 +170,7 @@ def _env(job: JobRef, spec: LLMTrainingJobSpec, rank: int, attempt: int) -> list
         "LLMTRAIN_JOB_NAME": job.name,
         "LLMTRAIN_BACKEND": "nccl" if gpu_count(spec) else "gloo",
         "LLMTRAIN_RESTART_ATTEMPT": attempt,
-        "LLMTRAIN_TERMINATION_LOG": TERMINATION_LOG,
+        TERMINATION_LOG_ENV: DEFAULT_TERMINATION_LOG,
     }
     env: list[dict[str, Any]] = [{"name": k, "value": str(v)} for k, v in plain.items()]
     env.append({"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}})
@@ -253,7 +253,7 @@ def build_pod(
         ],
         "resources": _resources(spec),
         "volumeMounts": mounts,
-        "terminationMessagePath": TERMINATION_LOG,
+        "terminationMessagePath": DEFAULT_TERMINATION_LOG,
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "securityContext": security,
     }

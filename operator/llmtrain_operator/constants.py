@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from llmtrain_contract.exit_codes import TERMINATION_LOG_ENV
+
 GROUP = "llmtrain.dev"
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
@@ -19,14 +21,12 @@ LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 MANAGER = "llmtrain-operator"
 
 RDZV_PORT = 29400
-DEFAULT_METRICS_PORT = 9090
 DEFAULT_TRAINER_IMAGE = "ghcr.io/llmtrain/trainer:0.1.0"
 GPU_RESOURCE = "nvidia.com/gpu"
 
 CONFIG_DIR = "/etc/llmtrain"
 CONFIG_FILE = "config.json"
 CHECKPOINT_DIR = "/checkpoints"
-TERMINATION_LOG = "/dev/termination-log"
 RUN_AS_USER = 1000
 
 # Test hook: when the operator runs with LLMTRAIN_DEV_COMMAND_OVERRIDE set, a job annotated with this key runs the
@@ -61,7 +61,7 @@ OWNED_ENV = frozenset(
         "LLMTRAIN_JOB_NAME",
         "LLMTRAIN_BACKEND",
         "LLMTRAIN_RESTART_ATTEMPT",
-        "LLMTRAIN_TERMINATION_LOG",
+        TERMINATION_LOG_ENV,
     }
 )
 VOLUME_CONFIG = "llmtrain-config"
@@ -71,12 +71,3 @@ OWNED_VOLUMES = frozenset({VOLUME_CONFIG, VOLUME_SHM, VOLUME_CHECKPOINTS})
 OWNED_MOUNT_PATHS = frozenset({CONFIG_DIR, "/dev/shm", CHECKPOINT_DIR})
 OWNED_LABEL_PREFIX = f"{GROUP}/"
 OWNED_LABELS = frozenset({LABEL_KUEUE_QUEUE, LABEL_MANAGED_BY})
-
-# (heads, kvHeads) of the trainer's model presets (llmtrain_trainer.model.PRESETS; a unit test keeps them equal),
-# so tensorParallel is checked against a preset's heads before any pod starts.
-PRESET_HEADS: dict[str, tuple[int, int]] = {
-    "tiny": (4, 4),
-    "gpt2-124m": (12, 12),
-    "llama-1b": (32, 4),
-    "llama-8b": (32, 8),
-}

@@ -1,21 +1,19 @@
 """What the operator needs to know about a node pod, extracted from its manifest by pure functions.
 
 The handlers keep one PodView per pod in a kopf index (small, and the reconcile input); `classify_failure` decides
-whether a failed pod is worth a gang restart, following the trainer's exit-code contract (exit_codes.py).
+whether a failed pod is worth a gang restart, following the exit-code contract (llmtrain_contract.exit_codes).
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
+from llmtrain_contract.exit_codes import PERMANENT_EXIT_CODES, parse_termination_record
+
 from .constants import LABEL_ATTEMPT, LABEL_RANK
 
-EXIT_BAD_CONFIG = 78
-EXIT_DIVERGED = 79
-PERMANENT_EXIT_CODES = {EXIT_BAD_CONFIG: "InvalidConfig", EXIT_DIVERGED: "Diverged"}
 # Pod-level reasons for a pod that failed through no fault of its own: restart the gang elsewhere.
 DISRUPTION_REASONS = {"Evicted", "NodeLost", "Preempting", "Shutdown", "Terminated", "NodeShutdown", "OutOfpods"}
 
@@ -103,18 +101,8 @@ class Failure:
 
 
 def trainer_report(message: str | None) -> dict[str, Any] | None:
-    """The trainer's JSON termination line ({"llmtrain": true, "exitCode": 78, ...}), if the message holds one."""
-    for line in (message or "").splitlines():
-        line = line.strip()
-        if not line.startswith("{"):
-            continue
-        try:
-            data = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(data, dict) and data.get("llmtrain") is True:
-            return data
-    return None
+    """The trainer's JSON termination record ({"llmtrain": true, "exitCode": 78, ...}), if the message holds one."""
+    return parse_termination_record(message)
 
 
 def classify_failure(pod: PodView) -> Failure:

@@ -1,4 +1,4 @@
-"""Training progress from rank 0's Prometheus text (metric names are the trainer's contract, see the brief).
+"""Training progress from rank 0's Prometheus text (metric names: llmtrain_contract.metrics).
 
 Parsing is pure (`parse_progress`); `fetch_progress` does the HTTP read and treats an unreachable endpoint as
 "no news", never as an error: the trainer only serves metrics once it is up.
@@ -11,6 +11,7 @@ import math
 import urllib.error
 import urllib.request
 
+from llmtrain_contract import metrics as names
 from prometheus_client.parser import text_string_to_metric_families
 
 from .api import Progress
@@ -35,27 +36,27 @@ def parse_progress(text: str) -> Progress | None:
     values: dict[str, float] = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            if sample.name.startswith("llmtrain_") and not sample.labels.get("kind"):
+            if sample.name.startswith(names.PREFIX) and not sample.labels.get("kind"):
                 values.setdefault(sample.name, sample.value)
-    if "llmtrain_step" not in values:
+    if names.STEP not in values:
         return None
 
     def num(name: str) -> float | None:
         v = values.get(name)
         return None if v is None or math.isnan(v) or math.isinf(v) else v
 
-    step, total = num("llmtrain_step"), num("llmtrain_total_steps")
+    step, total = num(names.STEP), num(names.TOTAL_STEPS)
     eta = None
-    count, seconds = num("llmtrain_step_seconds_count"), num("llmtrain_step_seconds_sum")
+    count, seconds = num(f"{names.STEP_SECONDS}_count"), num(f"{names.STEP_SECONDS}_sum")
     if step is not None and total is not None and count and seconds is not None:
         eta = _fmt_duration(max(total - step, 0) * seconds / count)
-    last_ckpt = num("llmtrain_last_checkpoint_step")
+    last_ckpt = num(names.LAST_CHECKPOINT_STEP)
     return Progress(
         step=int(step) if step is not None else None,
         total_steps=int(total) if total is not None else None,
-        loss=_round(num("llmtrain_loss"), 4),
-        tokens_per_second=_round(num("llmtrain_tokens_per_second"), 1),
-        mfu=_round(num("llmtrain_mfu"), 4),
+        loss=_round(num(names.LOSS), 4),
+        tokens_per_second=_round(num(names.TOKENS_PER_SECOND), 1),
+        mfu=_round(num(names.MFU), 4),
         eta=eta,
         last_checkpoint_step=int(last_ckpt) if last_ckpt is not None and last_ckpt >= 0 else None,
     )
@@ -86,7 +87,7 @@ def final_progress(last: Progress | None, summary: dict) -> Progress:
 
 def fetch_progress(ip: str, port: int, timeout: float = 2.0) -> Progress | None:
     """GET http://<ip>:<port>/metrics and parse it; None when unreachable or not (yet) training."""
-    url = f"http://{ip}:{port}/metrics"
+    url = f"http://{ip}:{port}{names.METRICS_PATH}"
     try:
         with urllib.request.urlopen(url, timeout=timeout) as resp:
             text = resp.read().decode("utf-8", "replace")

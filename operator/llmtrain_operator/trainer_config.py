@@ -1,43 +1,33 @@
-"""Render the trainer's config (the TrainerConfig JSON contract in trainer_image/llmtrain_trainer/config.py).
+"""Render one job's TrainerConfig: the spec's shared sections (llmtrain_contract) plus what the operator resolves.
 
-The operator image does not contain the trainer package, so this is the one place that knows the contract's keys;
-tests/unit/operator/test_trainer_contract.py validates the output with the real TrainerConfig.
+The sections are the same pydantic classes on both sides, so the trainer reads exactly what the API accepted.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from llmtrain_contract.config import CheckpointConfig, TrainerConfig
 
 from .api import LLMTrainingJobSpec
 from .constants import CHECKPOINT_DIR
 
 
-def render_trainer_config(job_name: str, spec: LLMTrainingJobSpec) -> dict[str, Any]:
-    """camelCase dict, None values dropped (the trainer fills its own defaults for those)."""
-
-    def dump(section: Any) -> dict[str, Any]:
-        return section.model_dump(by_alias=True, exclude_none=True)
-
-    checkpoint: dict[str, Any] = {}
+def render_trainer_config(job_name: str, spec: LLMTrainingJobSpec) -> TrainerConfig:
+    """The job's config; checkpoints go to one directory per job name, so jobs can share a claim and a job
+    re-created under the same name resumes where the old one stopped."""
+    checkpoint = CheckpointConfig()
     if spec.checkpoint is not None:
-        checkpoint = {
-            # One directory per job name: jobs can share a claim, and a job re-created under the same name
-            # resumes where the old one stopped.
-            "dir": f"{CHECKPOINT_DIR}/{job_name}",
-            "interval": spec.checkpoint.interval,
-            "keep": spec.checkpoint.keep,
-            "asyncSave": spec.checkpoint.async_save,
-        }
-    return {
-        "jobName": job_name,
-        "model": dump(spec.model),
-        "data": dump(spec.data),
-        "parallelism": dump(spec.parallelism),
-        "precision": spec.precision,
-        "optimizer": dump(spec.optimizer),
-        "schedule": dump(spec.schedule),
-        "training": dump(spec.training),
-        "checkpoint": checkpoint,
-        "metrics": dump(spec.metrics),
-        "logging": dump(spec.logging),
-    }
+        policy = spec.checkpoint.model_dump(include=set(CheckpointConfig.model_fields) - {"dir"})
+        checkpoint = CheckpointConfig(dir=f"{CHECKPOINT_DIR}/{job_name}", **policy)
+    return TrainerConfig(
+        job_name=job_name,
+        model=spec.model,
+        data=spec.data,
+        parallelism=spec.parallelism,
+        precision=spec.precision,
+        optimizer=spec.optimizer,
+        schedule=spec.schedule,
+        training=spec.training,
+        checkpoint=checkpoint,
+        metrics=spec.metrics,
+        logging=spec.logging,
+    )

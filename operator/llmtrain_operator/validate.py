@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from llmtrain_contract.presets import resolved_fields, tensor_parallel_dims
+from llmtrain_contract.rules import Problem, batch_problem, tensor_parallel_problems
 from pydantic import ValidationError
 
 from .api import LLMTrainingJobSpec
@@ -20,7 +22,6 @@ from .constants import (
     OWNED_LABELS,
     OWNED_MOUNT_PATHS,
     OWNED_VOLUMES,
-    PRESET_HEADS,
 )
 
 
@@ -89,43 +90,28 @@ def _resources(spec: LLMTrainingJobSpec) -> list[FieldError]:
     return errors
 
 
+def _spec_errors(problems: list[Problem]) -> list[FieldError]:
+    return [FieldError(f"spec.{field}", message) for field, message in problems]
+
+
 def _parallelism(spec: LLMTrainingJobSpec) -> list[FieldError]:
-    errors = []
     tp, procs = spec.parallelism.tensor_parallel, procs_per_node(spec)
+    errors = []
     if procs % tp:
         errors.append(
             FieldError("spec.parallelism.tensorParallel", f"{tp} does not divide the {procs} processes per node")
         )
-    sharded = {**resolved_heads(spec), "ffnDim": spec.model.ffn_dim, "vocabSize": spec.model.vocab_size}
-    for name, size in sharded.items():  # tensor parallel splits these across ranks
-        if size is not None and size % tp:
-            errors.append(FieldError("spec.parallelism.tensorParallel", f"{tp} does not divide model.{name} ({size})"))
-    return errors
-
-
-def resolved_heads(spec: LLMTrainingJobSpec) -> dict[str, int | None]:
-    """Attention and key/value heads as the trainer resolves them: explicit fields over the preset's shape.
-
-    kvHeads is None where it would only repeat heads (explicit heads, no kvHeads): one error is enough.
-    """
-    m = spec.model
-    preset_heads, preset_kv = PRESET_HEADS.get(m.preset or "", (None, None))
-    return {"heads": m.heads or preset_heads, "kvHeads": m.kv_heads or (None if m.heads else preset_kv)}
+    # The shape as the trainer will resolve it; the vocabulary may still come from the tokenizer (unknown here).
+    shape = resolved_fields(spec.model, seq_len=spec.data.seq_len, tokenizer_vocab=None)
+    return errors + _spec_errors(tensor_parallel_problems(tensor_parallel_dims(shape), tp))
 
 
 def _batch(spec: LLMTrainingJobSpec) -> list[FieldError]:
     if procs_per_node(spec) % spec.parallelism.tensor_parallel:
         return []  # reported by _parallelism; the degree below would be meaningless
-    dp, micro = data_parallel_degree(spec), spec.training.micro_batch_size
-    if spec.training.global_batch_size % (micro * dp):
-        return [
-            FieldError(
-                "spec.training.globalBatchSize",
-                f"{spec.training.global_batch_size} is not a multiple of microBatchSize x data-parallel degree "
-                f"({micro} x {dp} = {micro * dp})",
-            )
-        ]
-    return []
+    training = spec.training
+    problem = batch_problem(training.global_batch_size, training.micro_batch_size, data_parallel_degree(spec))
+    return _spec_errors([problem] if problem else [])
 
 
 def pod_template_conflicts(spec: LLMTrainingJobSpec) -> list[FieldError]:

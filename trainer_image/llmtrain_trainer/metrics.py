@@ -11,6 +11,7 @@ import os
 import resource
 
 import torch
+from llmtrain_contract import metrics as names
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 # Dense bf16 peak FLOP/s per device, matched against torch.cuda.get_device_name(); first match wins.
@@ -61,38 +62,36 @@ class Metrics:
         self.server = None
         if not self.enabled:
             return
-        labels = ["job", "node_rank"]
+        labels = list(names.LABELS)
         self._labels = {"job": job, "node_rank": str(node_rank)}
         r = self.registry
 
         def gauge(name: str, doc: str, extra: tuple[str, ...] = ()) -> Gauge:
             return Gauge(name, doc, [*labels, *extra], registry=r)
 
-        self.gpu_memory = gauge("llmtrain_gpu_memory_bytes", "GPU memory of this node's local rank 0.", ("kind",))
-        self.host_memory = gauge("llmtrain_host_memory_bytes", "Host memory of this node's local rank 0.", ("kind",))
+        self.gpu_memory = gauge(names.GPU_MEMORY_BYTES, "GPU memory of this node's local rank 0.", ("kind",))
+        self.host_memory = gauge(names.HOST_MEMORY_BYTES, "Host memory of this node's local rank 0.", ("kind",))
         if self.training:
-            self.step = gauge("llmtrain_step", "Optimizer steps done.")
-            self.total_steps = gauge("llmtrain_total_steps", "Optimizer steps the job will run.")
-            self.loss = gauge("llmtrain_loss", "Training loss of the last step, averaged over data-parallel ranks.")
-            self.tokens = Counter("llmtrain_tokens", "Tokens trained on (all ranks).", labels, registry=r)
-            self.tokens_per_second = gauge("llmtrain_tokens_per_second", "Job-wide training throughput.")
-            self.mfu = gauge("llmtrain_mfu", "Model FLOPs utilisation, 0..1 (NaN where the peak is unknown).")
-            self.flops = gauge("llmtrain_flops_per_second", "Achieved model FLOP/s, job-wide.")
+            self.step = gauge(names.STEP, "Optimizer steps done.")
+            self.total_steps = gauge(names.TOTAL_STEPS, "Optimizer steps the job will run.")
+            self.loss = gauge(names.LOSS, "Training loss of the last step, averaged over data-parallel ranks.")
+            self.tokens = Counter(names.TOKENS, "Tokens trained on (all ranks).", labels, registry=r)
+            self.tokens_per_second = gauge(names.TOKENS_PER_SECOND, "Job-wide training throughput.")
+            self.mfu = gauge(names.MFU, "Model FLOPs utilisation, 0..1 (NaN where the peak is unknown).")
+            self.flops = gauge(names.FLOPS_PER_SECOND, "Achieved model FLOP/s, job-wide.")
             self.step_seconds = Histogram(
-                "llmtrain_step_seconds",
+                names.STEP_SECONDS,
                 "Wall time of one optimizer step.",
                 labels,
                 registry=r,
                 buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
             )
-            self.grad_norm = gauge("llmtrain_grad_norm", "Global gradient norm before clipping.")
-            self.lr = gauge("llmtrain_learning_rate", "Learning rate of the last step.")
-            self.loss_scale = gauge("llmtrain_loss_scale", "fp16 dynamic loss scale (1 for bf16/fp32).")
-            self.skipped = Counter(
-                "llmtrain_skipped_steps", "Steps skipped for non-finite gradients.", labels, registry=r
-            )
-            self.ckpt_seconds = gauge("llmtrain_checkpoint_seconds", "Duration of the last checkpoint save.")
-            self.last_ckpt = gauge("llmtrain_last_checkpoint_step", "Step of the newest complete checkpoint.")
+            self.grad_norm = gauge(names.GRAD_NORM, "Global gradient norm before clipping.")
+            self.lr = gauge(names.LEARNING_RATE, "Learning rate of the last step.")
+            self.loss_scale = gauge(names.LOSS_SCALE, "fp16 dynamic loss scale (1 for bf16/fp32).")
+            self.skipped = Counter(names.SKIPPED_STEPS, "Steps skipped for non-finite gradients.", labels, registry=r)
+            self.ckpt_seconds = gauge(names.CHECKPOINT_SECONDS, "Duration of the last checkpoint save.")
+            self.last_ckpt = gauge(names.LAST_CHECKPOINT_STEP, "Step of the newest complete checkpoint.")
             for counter in (self.tokens, self.skipped):  # export 0 before the first increment
                 self._l(counter)
         addr = os.environ.get("POD_IP") or "0.0.0.0"

@@ -9,102 +9,27 @@ from __future__ import annotations
 
 import math
 import zlib
-from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
+from llmtrain_contract.presets import ModelShape, resolve_shape
+from llmtrain_contract.rules import shape_problems
 from torch import nn
 
-from .config import ConfigError, ModelConfig
+from .config import ModelConfig
 
-
-@dataclass(frozen=True)
-class ModelArgs:
-    dim: int
-    n_layers: int
-    n_heads: int
-    n_kv_heads: int
-    ffn_dim: int
-    vocab_size: int
-    max_seq_len: int
-    tie_embeddings: bool = False
-    rope_theta: float = 10000.0
-    norm_eps: float = 1e-5
-
-    @property
-    def head_dim(self) -> int:
-        return self.dim // self.n_heads
-
-
-PRESETS: dict[str, ModelArgs] = {
-    # CI size; same shape as the "tiny" of shared/bench/hf_baseline.py.
-    "tiny": ModelArgs(dim=64, n_layers=2, n_heads=4, n_kv_heads=4, ffn_dim=128, vocab_size=512, max_seq_len=256),
-    # GPT-2 small's shape; SwiGLU's three matrices with ffn 2048 hold as many weights as GPT-2's 2 x 3072 MLP.
-    "gpt2-124m": ModelArgs(
-        dim=768,
-        n_layers=12,
-        n_heads=12,
-        n_kv_heads=12,
-        ffn_dim=2048,
-        vocab_size=50304,
-        max_seq_len=1024,
-        tie_embeddings=True,
-    ),
-    # TinyLlama 1.1B's shape.
-    "llama-1b": ModelArgs(
-        dim=2048, n_layers=22, n_heads=32, n_kv_heads=4, ffn_dim=5632, vocab_size=32000, max_seq_len=2048
-    ),
-    # Llama 3 8B's shape.
-    "llama-8b": ModelArgs(
-        dim=4096,
-        n_layers=32,
-        n_heads=32,
-        n_kv_heads=8,
-        ffn_dim=14336,
-        vocab_size=128256,
-        max_seq_len=8192,
-        rope_theta=500000.0,
-    ),
-}
+# The shape is the contract's (the operator checks it too); the model only builds it.
+ModelArgs = ModelShape
 
 
 def resolve_model_args(cfg: ModelConfig, *, seq_len: int, tokenizer_vocab: int | None) -> ModelArgs:
     """Preset first, explicit fields override; vocab falls back to the tokenizer's, context to the data's."""
-    base = PRESETS[cfg.preset] if cfg.preset else None
-    if not (cfg.vocab_size or base or tokenizer_vocab):
-        raise ConfigError("model.vocabSize: required when there is no preset and the data has no tokenizer")
-    dim = cfg.dim or base.dim
-    n_heads = cfg.n_heads or base.n_heads
-    args = ModelArgs(
-        dim=dim,
-        n_layers=cfg.n_layers or base.n_layers,
-        n_heads=n_heads,
-        n_kv_heads=cfg.n_kv_heads or (base.n_kv_heads if base and not cfg.n_heads else n_heads),
-        ffn_dim=cfg.ffn_dim or (base.ffn_dim if base and not cfg.dim else _default_ffn(dim)),
-        vocab_size=cfg.vocab_size or (base.vocab_size if base else tokenizer_vocab),
-        max_seq_len=max(cfg.max_seq_len or (base.max_seq_len if base else seq_len), seq_len),
-        tie_embeddings=cfg.tie_embeddings if cfg.tie_embeddings is not None else bool(base and base.tie_embeddings),
-    )
-    if base:
-        args = replace(args, rope_theta=base.rope_theta)
-    return args
-
-
-def _default_ffn(dim: int) -> int:
-    """Llama's rule: 8/3 x dim rounded up to a multiple of 64, so SwiGLU costs what a 4 x dim MLP does."""
-    return 64 * math.ceil(8 * dim / 3 / 64)
+    return resolve_shape(cfg, seq_len=seq_len, tokenizer_vocab=tokenizer_vocab)
 
 
 def validate_model_args(args: ModelArgs) -> list[str]:
     """Shape problems as 'field: reason' lines (empty when fine)."""
-    problems = []
-    if args.dim % args.n_heads:
-        problems.append(f"model.dim: {args.dim} is not divisible by model.heads {args.n_heads}")
-    elif args.head_dim % 2:
-        problems.append(f"model.dim: head size {args.head_dim} must be even for RoPE")
-    if args.n_heads % args.n_kv_heads:
-        problems.append(f"model.kvHeads: {args.n_kv_heads} does not divide model.heads {args.n_heads}")
-    return problems
+    return [f"{field}: {message}" for field, message in shape_problems(args)]
 
 
 class RMSNorm(nn.Module):

@@ -32,7 +32,7 @@ def build_optimizer(model: nn.Module, cfg: OptimizerConfig, device_type: str) ->
     return torch.optim.AdamW(
         param_groups(model, cfg.weight_decay),
         lr=cfg.lr,
-        betas=cfg.betas,
+        betas=tuple(cfg.betas),
         eps=cfg.eps,
         fused=fused,
         foreach=not fused,

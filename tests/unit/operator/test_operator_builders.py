@@ -51,18 +51,29 @@ def test_config_map_holds_the_trainer_config_json(gpu_spec):
     assert config["jobName"] == "gpt2-fsdp"
     assert config["model"] == {"preset": "gpt2-124m", "maxSeqLen": 1024}
     assert config["data"]["source"] == "/data/openwebtext.bin" and config["data"]["tokenizer"] == "tiktoken:gpt2"
-    assert config["parallelism"] == {"dataParallel": "fsdp", "sharding": "hybrid", "tensorParallel": 1}
+    assert config["parallelism"] == {
+        "dataParallel": "fsdp",
+        "sharding": "hybrid",
+        "tensorParallel": 1,
+        "lossParallel": True,
+    }
     assert config["optimizer"]["lr"] == 0.0006
     assert config["schedule"]["warmupSteps"] == 200
     assert config["training"]["activationCheckpointing"] == "selective" and config["training"]["compile"] is True
     # one directory per job on the claim: jobs may share it
-    assert config["checkpoint"] == {"dir": "/checkpoints/gpt2-fsdp", "interval": 500, "keep": 2, "asyncSave": True}
+    assert config["checkpoint"] == {
+        "dir": "/checkpoints/gpt2-fsdp",
+        "interval": 500,
+        "keep": 2,
+        "asyncSave": True,
+        "saveOnSigterm": True,
+    }
     assert config["metrics"]["port"] == 9100
 
 
 def test_no_checkpoint_section_means_no_checkpoint_dir():
     config = json.loads(build_config_map(JOB, load("tiny-cpu.yaml"))["data"]["config.json"])
-    assert config["checkpoint"] == {}
+    assert "dir" not in config["checkpoint"]
 
 
 def test_service_is_headless_publishes_not_ready_addresses_and_exposes_rdzv_and_metrics(gpu_spec):

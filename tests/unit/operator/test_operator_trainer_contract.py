@@ -1,4 +1,4 @@
-"""Contract: the config the operator renders is accepted by the trainer's own TrainerConfig."""
+"""Contract: the ConfigMap the operator renders parses as the TrainerConfig the trainer loads (llmtrain_contract)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from llmtrain_contract.config import TrainerConfig
 from llmtrain_operator.api import LLMTrainingJobSpec
 from llmtrain_operator.builders import JobRef, build_config_map
-from llmtrain_trainer.config import TrainerConfig
 
 REPO = Path(__file__).resolve().parents[3]
 FIXTURES = sorted((Path(__file__).parent / "fixtures").glob("*.yaml"))
@@ -23,7 +23,7 @@ EXAMPLES = [p for p in sorted((REPO / "examples").glob("**/*.yaml")) if _jobs(p)
 
 
 @pytest.mark.parametrize("path", FIXTURES + EXAMPLES, ids=lambda p: str(p.relative_to(REPO)))
-def test_rendered_config_validates_with_trainer_config(path: Path):
+def test_rendered_config_parses_as_the_trainer_config(path: Path):
     for doc in _jobs(path):
         spec = LLMTrainingJobSpec.model_validate(doc["spec"])
         cm = build_config_map(JobRef(doc["metadata"]["name"], "ns", "uid"), spec)
@@ -34,7 +34,7 @@ def test_rendered_config_validates_with_trainer_config(path: Path):
         assert (config.checkpoint.dir is not None) == (spec.checkpoint is not None)
 
 
-def test_defaults_of_spec_and_trainer_agree():
+def test_a_minimal_spec_renders_exactly_the_trainer_defaults():
     spec = LLMTrainingJobSpec.model_validate(
         {"model": {"preset": "tiny"}, "training": {"steps": 1, "globalBatchSize": 1}}
     )

@@ -69,13 +69,6 @@ def test_tensor_parallel_must_divide_explicit_ffn_and_vocabulary_sizes():
     assert any("model.ffnDim (131)" in m for m in messages) and any("model.vocabSize (50257)" in m for m in messages)
 
 
-def test_preset_head_counts_match_the_trainers_presets():
-    from llmtrain_operator.constants import PRESET_HEADS
-    from llmtrain_trainer.model import PRESETS
-
-    assert {name: (a.n_heads, a.n_kv_heads) for name, a in PRESETS.items()} == PRESET_HEADS
-
-
 def test_tensor_parallel_must_divide_auto_procs_per_node():
     s = spec(procsPerNode="auto", resources={"limits": {"nvidia.com/gpu": 6}}, parallelism={"tensorParallel": 4})
     assert "spec.parallelism.tensorParallel" in fields(s)

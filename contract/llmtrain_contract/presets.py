@@ -1,0 +1,114 @@
+"""Named model shapes and the resolution of a model section (preset + explicit overrides) to a full shape.
+
+The trainer builds its model from `resolve_shape`; the operator checks tensor-parallel divisibility against the
+same resolution before any pod starts, so both always agree on what a preset means.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+from .errors import ConfigError
+
+if TYPE_CHECKING:
+    from .sections import ModelSection
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """A Llama-style decoder's full shape: what the trainer's model is built from."""
+
+    dim: int
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    ffn_dim: int
+    vocab_size: int
+    max_seq_len: int
+    tie_embeddings: bool = False
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-5
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.n_heads
+
+
+PresetName = Literal["tiny", "gpt2-124m", "llama-1b", "llama-8b"]
+
+PRESETS: dict[str, ModelShape] = {
+    # CI size; the same shape as the "tiny" of the Hugging Face baseline benchmark.
+    "tiny": ModelShape(dim=64, n_layers=2, n_heads=4, n_kv_heads=4, ffn_dim=128, vocab_size=512, max_seq_len=256),
+    # GPT-2 small's shape; SwiGLU's three matrices with ffn 2048 hold as many weights as GPT-2's 2 x 3072 MLP.
+    "gpt2-124m": ModelShape(
+        dim=768,
+        n_layers=12,
+        n_heads=12,
+        n_kv_heads=12,
+        ffn_dim=2048,
+        vocab_size=50304,
+        max_seq_len=1024,
+        tie_embeddings=True,
+    ),
+    # TinyLlama 1.1B's shape.
+    "llama-1b": ModelShape(
+        dim=2048, n_layers=22, n_heads=32, n_kv_heads=4, ffn_dim=5632, vocab_size=32000, max_seq_len=2048
+    ),
+    # Llama 3 8B's shape.
+    "llama-8b": ModelShape(
+        dim=4096,
+        n_layers=32,
+        n_heads=32,
+        n_kv_heads=8,
+        ffn_dim=14336,
+        vocab_size=128256,
+        max_seq_len=8192,
+        rope_theta=500000.0,
+    ),
+}
+
+
+def default_ffn(dim: int) -> int:
+    """Llama's rule: 8/3 x dim rounded up to a multiple of 64, so SwiGLU costs what a 4 x dim MLP does."""
+    return 64 * math.ceil(8 * dim / 3 / 64)
+
+
+def resolved_fields(model: ModelSection, *, seq_len: int, tokenizer_vocab: int | None) -> dict[str, object]:
+    """Preset first, explicit fields override; vocab falls back to the tokenizer's (None if unknown), context to
+    the data's sequence length. kvHeads follows an explicit heads override rather than the preset's."""
+    base = PRESETS[model.preset] if model.preset else None
+    dim = model.dim or base.dim
+    heads = model.heads or base.n_heads
+    return {
+        "dim": dim,
+        "n_layers": model.layers or base.n_layers,
+        "n_heads": heads,
+        "n_kv_heads": model.kv_heads or (base.n_kv_heads if base and not model.heads else heads),
+        "ffn_dim": model.ffn_dim or (base.ffn_dim if base and not model.dim else default_ffn(dim)),
+        "vocab_size": model.vocab_size or (base.vocab_size if base else tokenizer_vocab),
+        "max_seq_len": max(model.max_seq_len or (base.max_seq_len if base else seq_len), seq_len),
+        "tie_embeddings": model.tie_embeddings
+        if model.tie_embeddings is not None
+        else bool(base and base.tie_embeddings),
+        "rope_theta": model.rope_theta or (base.rope_theta if base else ModelShape.rope_theta),
+        "norm_eps": model.norm_eps or (base.norm_eps if base else ModelShape.norm_eps),
+    }
+
+
+def resolve_shape(model: ModelSection, *, seq_len: int, tokenizer_vocab: int | None) -> ModelShape:
+    fields = resolved_fields(model, seq_len=seq_len, tokenizer_vocab=tokenizer_vocab)
+    if fields["vocab_size"] is None:
+        raise ConfigError("model.vocabSize: required when there is no preset and the data has no tokenizer")
+    return ModelShape(**fields)  # type: ignore[arg-type]
+
+
+def tensor_parallel_dims(fields: dict[str, object]) -> dict[str, int | None]:
+    """The dimensions tensor parallelism splits across ranks, by their spec names (None when not known yet)."""
+    return {
+        "heads": fields["n_heads"],  # type: ignore[dict-item]
+        "kvHeads": fields["n_kv_heads"],  # type: ignore[dict-item]
+        "ffnDim": fields["ffn_dim"],  # type: ignore[dict-item]
+        "vocabSize": fields["vocab_size"],  # type: ignore[dict-item]
+    }

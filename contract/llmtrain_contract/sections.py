@@ -1,0 +1,148 @@
+"""The spec sections the user writes and the trainer reads, declared once.
+
+The operator's API (`LLMTrainingJobSpec`) embeds these models, so the CRD schema, `docs/api.md` and the trainer's
+config all derive from them. Python names are snake_case, the wire names camelCase; unknown keys are rejected so a
+typo fails loudly instead of silently training the wrong thing.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic.alias_generators import to_camel
+
+from .metrics import DEFAULT_METRICS_PORT
+from .presets import PresetName
+from .rules import CEL_HEADS_MULTIPLE_OF_KV, CEL_PRESET_OR_DIMS, cel, missing_model_dims
+
+Precision = Literal["bf16", "fp16", "fp32"]
+
+
+class Section(BaseModel):
+    """camelCase on the wire, unknown keys rejected, immutable once parsed."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True)
+
+
+class ModelSection(Section):
+    """Transformer shape: a preset (shapes defined by the contract), optionally overridden by explicit dimensions."""
+
+    model_config = ConfigDict(json_schema_extra=cel(CEL_PRESET_OR_DIMS, CEL_HEADS_MULTIPLE_OF_KV))
+
+    preset: PresetName | None = Field(None, description="Named model shape; explicit dimensions below override it.")
+    dim: int | None = Field(None, ge=8, description="Hidden size.")
+    layers: int | None = Field(None, ge=1, description="Number of transformer blocks.")
+    heads: int | None = Field(None, ge=1, description="Attention heads.")
+    kv_heads: int | None = Field(None, ge=1, description="Key/value heads (grouped-query attention); = heads if unset.")
+    ffn_dim: int | None = Field(None, ge=8, description="SwiGLU feed-forward hidden size.")
+    vocab_size: int | None = Field(None, ge=2, description="Vocabulary size; the tokenizer's when unset.")
+    max_seq_len: int | None = Field(None, ge=1, description="Longest sequence the rotary embeddings are built for.")
+    tie_embeddings: bool | None = Field(None, description="Share the input embedding with the output projection.")
+    rope_theta: float | None = Field(None, gt=0, description="RoPE base frequency; the preset's (or 10000) when unset.")
+    norm_eps: float | None = Field(None, gt=0, description="RMSNorm epsilon; the preset's (or 1e-5) when unset.")
+
+    @model_validator(mode="after")
+    def _preset_or_dims(self) -> ModelSection:
+        missing = missing_model_dims(self.preset, {"dim": self.dim, "layers": self.layers, "heads": self.heads})
+        if missing:
+            raise ValueError(f"set model.preset, or give model {', '.join(missing)}")
+        return self
+
+
+class DataSection(Section):
+    """Training data."""
+
+    source: str = Field(
+        "synthetic",
+        min_length=1,
+        description="'synthetic', or a path on a mounted volume to a text file or a pre-tokenised .bin file.",
+    )
+    tokenizer: str = Field("byte", description="'byte', 'tiktoken:<encoding>' or 'hf:<path to tokenizer.json>'.")
+    seq_len: int = Field(256, ge=2, description="Tokens per training sequence.")
+    bin_dtype: Literal["uint16", "uint32"] = Field("uint16", description="Element type of a pre-tokenised .bin file.")
+
+
+class ParallelismSection(Section):
+    """How the model and batch are split across ranks."""
+
+    data_parallel: Literal["ddp", "fsdp"] = Field(
+        "fsdp", description="Data parallelism: ddp replicates the model, fsdp shards it (FSDP2)."
+    )
+    sharding: Literal["zero2", "zero3", "hybrid"] = Field(
+        "zero3",
+        description="FSDP sharding: zero2 keeps parameters after forward, zero3 reshards them, hybrid shards within "
+        "a node and replicates across nodes. Ignored for ddp.",
+    )
+    tensor_parallel: int = Field(
+        1, ge=1, description="Tensor-parallel degree within a node; must divide procsPerNode and model.heads."
+    )
+    loss_parallel: bool = Field(
+        True, description="With tensorParallel > 1, compute the loss on vocabulary-sharded logits (no gather)."
+    )
+
+
+class OptimizerSection(Section):
+    """AdamW hyper-parameters."""
+
+    lr: float = Field(3e-4, gt=0, description="Peak learning rate.")
+    betas: list[float] = Field([0.9, 0.95], min_length=2, max_length=2, description="AdamW beta1 and beta2.")
+    weight_decay: float = Field(0.1, ge=0, description="Decoupled weight decay (not applied to norms/embeddings).")
+    eps: float = Field(1e-8, gt=0, description="AdamW epsilon.")
+
+
+class ScheduleSection(Section):
+    """Learning-rate schedule."""
+
+    warmup_steps: int = Field(0, ge=0, description="Linear warmup steps; must be smaller than training.steps.")
+    decay: Literal["cosine", "linear", "constant"] = Field("cosine", description="Decay shape after warmup.")
+    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="Final learning rate as a fraction of the peak.")
+
+
+class TrainingSection(Section):
+    """Steps and batch sizes."""
+
+    steps: int = Field(ge=1, description="Optimizer steps to run.")
+    global_batch_size: int = Field(
+        ge=1, description="Sequences per optimizer step across all ranks; a multiple of microBatchSize x data-parallel."
+    )
+    micro_batch_size: int = Field(1, ge=1, description="Sequences per rank per forward pass.")
+    grad_clip: float = Field(1.0, ge=0, description="Maximum global gradient norm; 0 disables clipping.")
+    activation_checkpointing: Literal["none", "full", "selective"] = Field(
+        "none", description="Activation recomputation policy."
+    )
+    compile: bool = Field(False, description="torch.compile each transformer block.")
+    seed: int = Field(0, description="Seed for initialisation, data order and dropout.")
+    divergence_patience: int = Field(
+        5, ge=1, description="Consecutive steps with a non-finite loss after which the run has diverged (exit 79)."
+    )
+
+
+class CheckpointPolicy(Section):
+    """How often to checkpoint and how many to keep (where is the operator's or the caller's business)."""
+
+    interval: int = Field(100, ge=1, description="Save every this many steps (and at the end).")
+    keep: int = Field(3, ge=1, description="Keep the newest this many complete checkpoints.")
+    async_save: bool = Field(False, description="Write checkpoints in the background.")
+    save_on_sigterm: bool = Field(True, description="Save when SIGTERM arrives (pod deletion, preemption).")
+
+
+class MetricsSection(Section):
+    """The trainer's Prometheus endpoint (rank 0's is read for status.progress)."""
+
+    port: int = Field(
+        DEFAULT_METRICS_PORT,
+        ge=0,
+        le=65535,
+        description="Port of the trainer's /metrics endpoint (0: none; the operator needs one for status.progress).",
+    )
+    peak_flops: float | None = Field(
+        None, gt=0, description="Peak FLOP/s per device for MFU; the trainer's GPU table when unset."
+    )
+
+
+class LoggingSection(Section):
+    """Trainer log output."""
+
+    interval: int = Field(10, ge=1, description="Rank 0 logs every this many steps.")
+    json_lines: bool = Field(False, alias="json", description="Log JSON lines instead of text.")
