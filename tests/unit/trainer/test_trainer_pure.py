@@ -6,6 +6,7 @@ import itertools
 
 import numpy as np
 import pytest
+from llmtrain_contract.presets import PRESETS
 from llmtrain_trainer.checkpoint import (
     COMPLETE_MARKER,
     complete_checkpoints,
@@ -16,7 +17,6 @@ from llmtrain_trainer.checkpoint import (
 from llmtrain_trainer.config import ConfigError, DataConfig, ModelConfig, ParallelismConfig, ScheduleConfig
 from llmtrain_trainer.data import BatchSampler, load_tokens, synthetic_tokens, tokenizer_vocab
 from llmtrain_trainer.metrics import peak_flops
-from llmtrain_contract.presets import PRESETS
 from llmtrain_trainer.model import count_params, flops_per_token, resolve_model_args
 from llmtrain_trainer.optim import lr_factor
 from llmtrain_trainer.parallelize import ParallelDims, parallel_dims
