@@ -64,9 +64,13 @@ lint: venv ## ruff over all Python
 	@$(VENV)/bin/ruff check contract operator trainer_image hack tests bench
 	@$(VENV)/bin/ruff format --check contract operator trainer_image hack tests bench
 
-.PHONY: test-unit test-integration test-e2e test
-test-unit: venv cluster-bins system-deps ## Pure functions, single-machine runs (trainer on CPU/gloo), chart and lint tools
-	@$(PYTEST) tests/unit -q
+.PHONY: test-fast test-unit test-tools test-integration test-e2e test
+test-fast: venv ## Seconds: pure functions only (no trainer processes, no cluster binaries)
+	@$(PYTEST) tests/unit -q -m "not tools and not slow"
+test-unit: venv ## Unit tests that need only the Python environment, trainer runs on CPU/gloo included
+	@$(PYTEST) tests/unit -q -m "not tools"
+test-tools: venv cluster-bins system-deps ## Chart, manifests and workflows through helm, kubeconform, shellcheck, actionlint
+	@$(PYTEST) tests/unit -q -m tools
 # KUBECONFIG naming another cluster (kind, a real one): run the suites there, leave the test bed alone.
 TESTBED_KUBECONFIG := $(CACHE)/cluster/kubeconfig
 CLUSTER := $(if $(filter-out $(TESTBED_KUBECONFIG),$(KUBECONFIG)),venv,cluster-up)
@@ -75,7 +79,7 @@ test-integration: $(CLUSTER) ## Tests against the real test bed (or the cluster 
 	@$(PYTEST) tests/integration -q
 test-e2e: $(CLUSTER) ## The whole flow: helm install, train, fault, Prometheus
 	@$(PYTEST) tests/e2e -q
-test: lint test-unit test-integration test-e2e ## Everything CI runs
+test: lint test-unit test-tools test-integration test-e2e ## Everything CI runs
 
 # ---------------------------------------------------------------- benchmarks (JSON out; docs/benchmarks.md)
 BENCH_OUT ?= out/bench

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-for _part in ("hack", "operator", "trainer_image"):
+for _part in ("hack", "contract", "operator", "trainer_image"):
     if str(REPO / _part) not in sys.path:
         sys.path.insert(0, str(REPO / _part))
 
@@ -26,6 +26,28 @@ if TYPE_CHECKING:
     import subprocess
 
     from testbed.testing import Cluster
+
+
+# Test tiers (`make test-fast`, `make test-unit`, `make test-tools`; see CONTRIBUTING.md).
+MARKERS = {
+    "tools": "needs helm, kubeconform, shellcheck or actionlint (make cluster-bins system-deps)",
+    "slow": "launches real trainer processes (torchrun on CPU/gloo): seconds to minutes each",
+}
+TRAINER_UNIT_TESTS = REPO / "tests" / "unit" / "trainer"
+PURE_TRAINER_MODULES = {"test_trainer_pure.py"}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for name, meaning in MARKERS.items():
+        config.addinivalue_line("markers", f"{name}: {meaning}")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every trainer unit test but the pure ones starts trainer processes: mark them slow in one place."""
+    for item in items:
+        path = Path(str(item.path))
+        if path.parent == TRAINER_UNIT_TESTS and path.name not in PURE_TRAINER_MODULES:
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")

@@ -32,6 +32,9 @@ from .chart_tools import (
     write_kubernetes_schemas,
 )
 
+# helm, kubeconform, shellcheck or actionlint: built or installed by `make cluster-bins system-deps`
+pytestmark = pytest.mark.tools
+
 BUILTIN_KINDS = {
     "ClusterRole",
     "ClusterRoleBinding",

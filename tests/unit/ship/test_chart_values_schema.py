@@ -11,6 +11,9 @@ import yaml
 
 from .chart_tools import CHART, helm_template
 
+# helm, kubeconform, shellcheck or actionlint: built or installed by `make cluster-bins system-deps`
+pytestmark = pytest.mark.tools
+
 SCHEMA = json.loads((CHART / "values.schema.json").read_text())
 VALUES = yaml.safe_load((CHART / "values.yaml").read_text())
 # Objects whose keys are free-form by nature (labels, annotations, resource names, selectors).

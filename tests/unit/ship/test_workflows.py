@@ -14,6 +14,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+# helm, kubeconform, shellcheck or actionlint: built or installed by `make cluster-bins system-deps`
+pytestmark = pytest.mark.tools
+
 REPO = Path(__file__).resolve().parents[3]
 TOOLS = Path(os.environ.get("LLMTRAIN_CACHE", Path.home() / ".cache" / "llmtrain")) / "tools" / "bin"
 SCRIPTS = sorted(REPO.glob("hack/**/*.sh"))
