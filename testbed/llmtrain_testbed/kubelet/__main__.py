@@ -1,4 +1,4 @@
-"""`python -m testbed.kubelet`: run the process kubelet until SIGTERM (then stop every pod process and exit)."""
+"""`python -m llmtrain_testbed.kubelet`: run the process kubelet until SIGTERM (then stop every pod process and exit)."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ def parse_taint(text: str) -> dict:
 
 
 def parse_args(argv: list[str] | None = None) -> KubeletOptions:
-    p = argparse.ArgumentParser(prog="python -m testbed.kubelet", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m llmtrain_testbed.kubelet", description=__doc__)
     p.add_argument("--kubeconfig", required=True, help="kubeconfig with rights to nodes, leases, pods, tokens")
     p.add_argument("--state-dir", required=True, type=Path, help="pod dirs, logs, PVC dirs, IP allocations")
     p.add_argument("--nodes", type=int, default=2, help="how many fake nodes to register (llmtrain-node-<i>)")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from testbed.kubelet.recovery import LOST_REASON, recover_container
+from llmtrain_testbed.kubelet.recovery import LOST_REASON, recover_container
 
 NOW = "2030-01-01T00:05:00Z"
 RUNNING = {"name": "main", "restartCount": 2, "state": {"running": {"startedAt": "2030-01-01T00:00:00Z"}}}

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 
-from testbed import components, kubeconfig, paths, pki, probes, processes
-from testbed.components import Component
+from . import components, kubeconfig, paths, pki, probes, processes
+from .components import Component
 
 log = logging.getLogger("testbed")
 
@@ -116,7 +116,7 @@ def _up(state: Path, nodes: int | None, gpus_per_node: int | None, timeout: floa
             _wait_healthy(state, certs, component.name, deadline)
 
     if not _has_module("kubelet.__main__"):
-        log.warning("testbed.kubelet is not available: no nodes are registered, pods will stay Pending")
+        log.warning("llmtrain_testbed.kubelet is not available: no nodes are registered, pods will stay Pending")
     else:
         kubelet = components.kubelet(state, certs, admin, nodes, gpus_per_node)
         if _ensure_running(state, kubelet):
@@ -175,11 +175,11 @@ def status() -> Status:
 
 
 def _optional_module(name: str) -> ModuleType | None:
-    """testbed.network / testbed.kubelet are developed separately; the control plane works without them."""
+    """The network and kubelet modules are developed separately; the control plane works without them."""
     if not _has_module(name):
-        log.warning("testbed.%s is not available: skipping it", name)
+        log.warning("%s.%s is not available: skipping it", __package__, name)
         return None
-    return importlib.import_module(f"testbed.{name}")
+    return importlib.import_module(f".{name}", __package__)
 
 
 @contextmanager
@@ -205,7 +205,7 @@ def _running_kubelet_flag(state: Path, flag: str, default: int) -> int:
 
 def _has_module(name: str) -> bool:
     try:
-        return importlib.util.find_spec(f"testbed.{name}") is not None
+        return importlib.util.find_spec(f".{name}", __package__) is not None
     except ImportError:
         return False
 
@@ -231,9 +231,9 @@ def _ensure_running(state: Path, component: Component) -> bool:
 def _env(name: str) -> dict[str, str]:
     if name != "kubelet":
         return {}
-    # `python -m testbed.kubelet` must find this package and the project's code.
+    # `python -m llmtrain_testbed.kubelet` must find this package and the project's code.
     repo = paths.REPO_ROOT
-    return {"PYTHONPATH": ":".join(str(repo / p) for p in ("hack", "operator", "trainer_image"))}
+    return {"PYTHONPATH": ":".join(str(p) for p in (paths.PROJECT_DIR, repo / "operator", repo / "trainer_image"))}
 
 
 def _wait_healthy(state: Path, certs: pki.Pki, name: str, deadline: float) -> None:

@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 K8S_VERSION = "v1.37.2"
-REPO_ROOT = Path(__file__).resolve().parents[2]
-HACK_DIR = REPO_ROOT / "hack"
+PROJECT_DIR = Path(__file__).resolve().parents[1]  # testbed/: this package's project (pyproject.toml, tests)
+REPO_ROOT = PROJECT_DIR.parent
 CACHE_DIR = Path(os.environ.get("LLMTRAIN_CACHE", Path.home() / ".cache" / "llmtrain"))
 
 

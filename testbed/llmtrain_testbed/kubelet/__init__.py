@@ -1,6 +1,6 @@
 """The process kubelet: fake GPU nodes whose pods run as real processes in per-pod network namespaces.
 
-Run as `python -m testbed.kubelet --kubeconfig ... --state-dir ...` (see __main__.py and docs/testbed.md).
+Run as `python -m llmtrain_testbed.kubelet --kubeconfig ... --state-dir ...` (see __main__.py and testbed/README.md).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 def cleanup(state_dir: Path) -> None:
     """After the kubelet stopped (or died) and before etcd's data is dropped: kill leftover pod processes, remove
     sandboxes and emptyDir mounts, drop PVC directories and IP allocations (their API objects die with etcd), and
-    keep the last cluster's pod logs in `pods.previous/` for post-mortems. `testbed down` calls this.
+    keep the last cluster's pod logs in `pods.previous/` for post-mortems. `llmtrain_testbed down` calls this.
     """
     import shutil
 

@@ -9,8 +9,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from testbed import components
-from testbed.pki import Pki
+from . import components
+from .pki import Pki
 
 APISERVER = f"https://127.0.0.1:{components.APISERVER_PORT}"
 

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
-from testbed import cluster as testbed_cluster
-from testbed import paths
+from . import cluster as testbed_cluster
+from . import paths
 
 if TYPE_CHECKING:
     from kubernetes.client import ApiClient

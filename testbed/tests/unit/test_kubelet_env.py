@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 
 import pytest
-from testbed.kubelet.env import EnvError, PodFacts, container_argv, expand, resolve_env
+from llmtrain_testbed.kubelet.env import EnvError, PodFacts, container_argv, expand, resolve_env
 
 POD = {
     "metadata": {

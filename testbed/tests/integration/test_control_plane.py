@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
-from testbed import paths, schemas
-from testbed.testing import Cluster, wait_for
+from llmtrain_testbed import paths, schemas
+from llmtrain_testbed.testing import Cluster, wait_for
 
 
 def _token_client(cluster: Cluster, namespace: str, service_account: str) -> client.ApiClient:

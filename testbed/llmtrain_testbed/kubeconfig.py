@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from testbed.pki import Pki
+from .pki import Pki
 
 SERVER = "https://127.0.0.1:6443"
 

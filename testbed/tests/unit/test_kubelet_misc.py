@@ -5,11 +5,11 @@ from __future__ import annotations
 from decimal import Decimal
 
 import pytest
-from testbed.kubelet.ipam import pick_free
-from testbed.kubelet.logs_server import tail_lines
-from testbed.kubelet.nodes import NodeConfig, node_object, node_status
-from testbed.kubelet.pods import backoff_delay
-from testbed.kubelet.quantity import parse_quantity
+from llmtrain_testbed.kubelet.ipam import pick_free
+from llmtrain_testbed.kubelet.logs_server import tail_lines
+from llmtrain_testbed.kubelet.nodes import NodeConfig, node_object, node_status
+from llmtrain_testbed.kubelet.pods import backoff_delay
+from llmtrain_testbed.kubelet.quantity import parse_quantity
 
 
 def test_quantities_parse_binary_and_decimal_suffixes():

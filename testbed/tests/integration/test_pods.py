@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 
 import pytest
-from testbed.kubelet.api import Api, ApiError
-from testbed.testing import Cluster, wait_for
+from llmtrain_testbed.kubelet.api import Api, ApiError
+from llmtrain_testbed.testing import Cluster, wait_for
 
 IMAGE = "python:3.11-slim"
 
@@ -394,7 +394,7 @@ def test_configmap_volume_appears_at_a_mount_path_missing_on_the_host(api: Api, 
 def test_a_volume_over_the_repos_parent_does_not_hide_the_image(api: Api, cluster: Cluster, namespace: str):
     """The repo plays the image's part: an emptyDir at /tmp must not hide a repo cloned under /tmp (as CI does)."""
     only_on_testbed(cluster)
-    from testbed.paths import REPO_ROOT
+    from llmtrain_testbed.paths import REPO_ROOT
 
     manifest = pod_manifest(
         "shadowed",

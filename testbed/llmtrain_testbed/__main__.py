@@ -1,4 +1,4 @@
-"""CLI: `PYTHONPATH=hack python -m testbed up|down|status [--nodes N] [--gpus-per-node G]`."""
+"""CLI: `PYTHONPATH=testbed python -m llmtrain_testbed up|down|status [--nodes N] [--gpus-per-node G]`."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ import logging
 import sys
 import time
 
-from testbed import cluster, paths
+from . import cluster, paths
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m testbed", description="llmtrain's local Kubernetes test bed")
+    parser = argparse.ArgumentParser(prog="python -m llmtrain_testbed", description="llmtrain's local Kubernetes test bed")
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="start (or keep) the control plane and the process kubelet")
     up.add_argument("--nodes", type=int, help="fake nodes the kubelet registers (default: as running, else 2)")

@@ -5,15 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from testbed import paths
-from testbed.pki import Pki
+from . import paths
+from .pki import Pki
 
 ETCD_CLIENT_PORT = 12379  # not the default 2379/2380, so a host etcd does not clash
 ETCD_PEER_PORT = 12380
 APISERVER_PORT = 6443
 CONTROLLER_MANAGER_PORT = 10257
 SCHEDULER_PORT = 10259
-ADVERTISE_ADDRESS = "10.88.0.1"  # the pod bridge's host address (testbed.network): pods reach the apiserver there
+ADVERTISE_ADDRESS = "10.88.0.1"  # the pod bridge's host address (network.py): pods reach the apiserver there
 SERVICE_CIDR = "10.96.0.0/16"
 SA_ISSUER = "https://kubernetes.default.svc.cluster.local"
 
@@ -113,11 +113,11 @@ def scheduler(state: Path, kubeconfig: Path) -> Component:
 
 
 def kubelet(state: Path, pki: Pki, admin_kubeconfig: Path, nodes: int, gpus_per_node: int) -> Component:
-    """The process kubelet (testbed.kubelet, owned by its own module); it runs in the project's venv."""
+    """The process kubelet (llmtrain_testbed.kubelet, owned by its own module); it runs in the project's venv."""
     argv = [
         paths.python(),
         "-m",
-        "testbed.kubelet",
+        "llmtrain_testbed.kubelet",
         f"--kubeconfig={admin_kubeconfig}",
         f"--state-dir={state / 'kubelet'}",
         f"--nodes={nodes}",

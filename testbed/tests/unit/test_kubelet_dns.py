@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from testbed.kubelet.dns import pod_hostname, render_hosts, render_resolv_conf, write_in_place
+from llmtrain_testbed.kubelet.dns import pod_hostname, render_hosts, render_resolv_conf, write_in_place
 
 
 def _pod(
