@@ -66,13 +66,15 @@ lint: venv ## ruff over all Python
 
 .PHONY: test-unit test-integration test-e2e test
 test-unit: venv cluster-bins system-deps ## Pure functions, single-machine runs (trainer on CPU/gloo), chart and lint tools
-	@$(PYTEST) tests/unit testbed/tests/unit -q
+	@$(PYTEST) tests/unit -q
+	@$(PYTEST) testbed/tests/unit -q
 # KUBECONFIG naming another cluster (kind, a real one): run the suites there, leave the test bed alone.
 TESTBED_KUBECONFIG := $(CACHE)/cluster/kubeconfig
 CLUSTER := $(if $(filter-out $(TESTBED_KUBECONFIG),$(KUBECONFIG)),venv,cluster-up)
 
 test-integration: $(CLUSTER) ## Tests against the real test bed (or the cluster KUBECONFIG names)
-	@$(PYTEST) tests/integration testbed/tests/integration -q
+	@$(PYTEST) tests/integration -q
+	@$(PYTEST) testbed/tests/integration -q
 test-e2e: $(CLUSTER) ## The whole flow: helm install, train, fault, Prometheus
 	@$(PYTEST) tests/e2e -q
 test: lint test-unit test-integration test-e2e ## Everything CI runs

@@ -11,7 +11,9 @@ from . import cluster, paths
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m llmtrain_testbed", description="llmtrain's local Kubernetes test bed")
+    parser = argparse.ArgumentParser(
+        prog="python -m llmtrain_testbed", description="llmtrain's local Kubernetes test bed"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="start (or keep) the control plane and the process kubelet")
     up.add_argument("--nodes", type=int, help="fake nodes the kubelet registers (default: as running, else 2)")

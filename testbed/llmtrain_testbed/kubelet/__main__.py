@@ -1,4 +1,4 @@
-"""`python -m llmtrain_testbed.kubelet`: run the process kubelet until SIGTERM (then stop every pod process and exit)."""
+"""`python -m llmtrain_testbed.kubelet`: run the process kubelet until SIGTERM (then stop every pod process, exit)."""
 
 from __future__ import annotations
 

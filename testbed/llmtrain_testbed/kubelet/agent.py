@@ -22,9 +22,9 @@ from .informer import Informer, Key, key_of
 from .ipam import Ipam
 from .logs_server import LogsServer
 from .nodes import NodeAgent, NodeConfig, capacity
-from .pods import PodWorker
+from .pods import PodHost, PodWorker
 from .provisioner import Provisioner
-from .volumes import unmount_under
+from .volumes import Lookup, unmount_under
 
 log = logging.getLogger("testbed.kubelet")
 
@@ -81,13 +81,26 @@ class Kubelet:
         self.services = Informer(self.api, "/api/v1/services", self._dns_wake.set, self._informers_stop)
         self.provisioner = Provisioner(self.api, self.state_dir, self._informers_stop)
         self.servers: list[LogsServer] = []
+        self.pod_host = PodHost(
+            api=self.api,
+            state_dir=self.state_dir,
+            host_ip=self.host_ip,
+            allocatable=self.allocatable,
+            shutdown_grace_s=self.shutdown_grace_s,
+            stopping=self.stopping.is_set,
+            allocate_ip=self.ipam.allocate,
+            release_ip=self.ipam.release,
+            lookup=self.lookup,
+            render_hosts=self.render_hosts,
+            base_env=self.base_env,
+        )
 
-    # ----- helpers the pod workers use -----
+    # ----- what the pod workers get (through self.pod_host) -----
 
     def base_env(self, pod: dict) -> dict[str, str]:
         return container_base_env(self.host_ip, dns.pod_hostname(pod))
 
-    def lookup(self, plural: str, namespace: str):
+    def lookup(self, plural: str, namespace: str) -> Lookup:
         """name -> the ConfigMap/Secret (fresh from the API) or None when it does not exist."""
 
         def get(name: str) -> dict | None:
@@ -102,6 +115,8 @@ class Kubelet:
 
     def render_hosts(self, pod: dict, pod_ip: str) -> str:
         return dns.render_hosts(pod, pod_ip, self.pods.snapshot(), self.services.snapshot(), self.host_ip)
+
+    # ----- what the logs servers use -----
 
     def find_log(self, namespace: str, pod: str, container: str, previous: bool):
         """The log file `kubectl logs` wants: the newest run of the container, or the one before (previous)."""
@@ -124,8 +139,9 @@ class Kubelet:
         def running() -> bool:
             if worker is None:
                 return False
-            c = next((c for c in [*worker.init_containers, *worker.containers] if c.name == container), None)
-            return c is not None and c.proc is not None and c.proc.poll() is None and not worker.finished.is_set()
+            found = next((c for c in [*worker.init_containers, *worker.containers] if c.name == container), None)
+            alive = found is not None and found.proc is not None and found.proc.poll() is None
+            return alive and not worker.finished.is_set()
 
         return runs[-1], running
 
@@ -151,7 +167,7 @@ class Kubelet:
                 if worker is None:
                     if self.stopping.is_set():
                         continue
-                    worker = PodWorker(self, pod)
+                    worker = PodWorker(self.pod_host, pod)
                     self.workers[key] = worker
                     worker.start()
                 else:
@@ -193,14 +209,13 @@ class Kubelet:
         self.ipam.reset()
 
     def _start_logs_servers(self) -> None:
-        o = self.opts
-        if not (o.serving_cert and o.serving_key and o.client_ca):
+        opts = self.opts
+        if not (opts.serving_cert and opts.serving_key and opts.client_ca):
             log.warning("no --serving-cert/--serving-key/--client-ca: `kubectl logs` will not work")
             return
-        for i in range(o.nodes):
-            server = LogsServer(
-                self.host_ip, o.node.first_port + i, o.serving_cert, o.serving_key, o.client_ca, self.find_log
-            )
+        for index in range(opts.nodes):
+            port = opts.node.first_port + index
+            server = LogsServer(self.host_ip, port, opts.serving_cert, opts.serving_key, opts.client_ca, self.find_log)
             server.start()
             self.servers.append(server)
 

@@ -13,21 +13,19 @@ import os
 import shutil
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from .. import network
 from . import dns
-from .api import ApiError
+from .api import Api, ApiError
 from .env import EnvError, PodFacts, container_argv, resolve_env
 from .probes import ProbeTarget, ProbeTracker, new_tracker, probe_once
 from .recovery import LOST_REASON, recover_container
 from .runner import ContainerProcess, LaunchSpec, Mount
 from .status import ContainerState, Terminated, pod_phase, pod_status, terminated_reason
-from .volumes import VolumeBuilder, VolumeError, unmount_under
-
-if TYPE_CHECKING:
-    from .agent import Kubelet
+from .volumes import Lookup, VolumeBuilder, VolumeError, unmount_under
 
 log = logging.getLogger("testbed.kubelet.pods")
 
@@ -44,6 +42,28 @@ def now_iso() -> str:
 def backoff_delay(restarts: int) -> float:
     """1 s, 2 s, 4 s, 8 s, then 10 s: the kubelet's crash-loop back-off, capped short for a test bed."""
     return min(MAX_BACKOFF_S, 2.0 ** max(restarts, 0))
+
+
+@dataclass(frozen=True)
+class PodHost:
+    """What a PodWorker needs from the kubelet that runs it, and nothing else.
+
+    Like the real kubelet's pod workers (which get a sync function and an event recorder, not the kubelet), a
+    worker sees only these values and callables: the Kubelet builds one for all its workers (`Kubelet.pod_host`),
+    and a test can build one from plain functions.
+    """
+
+    api: Api  # the pod's status and final delete; the volume builder's PVC checks and TokenRequests
+    state_dir: Path  # the pod's directory is <state_dir>/pods/<ns>_<name>_<uid>; PVC directories live here too
+    host_ip: str  # the node's InternalIP: the pods' status.hostIP (also in the downward API) and nameserver
+    allocatable: dict[str, str]  # the node's allocatable (resourceFieldRef without limits falls back to it)
+    shutdown_grace_s: float  # the most a pod's processes get to exit when the kubelet stops
+    stopping: Callable[[], bool]  # whether the kubelet is stopping (then the worker stops the pod and returns)
+    allocate_ip: Callable[[str], str]  # pod uid -> a free pod IP, kept until release_ip(uid)
+    release_ip: Callable[[str], None]
+    lookup: Callable[[str, str], Lookup]  # (plural, namespace) -> name -> the ConfigMap/Secret, or None if absent
+    render_hosts: Callable[[dict, str], str]  # (pod, pod IP) -> its /etc/hosts, from the cluster's pods and services
+    base_env: Callable[[dict], dict[str, str]]  # pod -> the environment each of its containers starts from
 
 
 class Container:
@@ -74,15 +94,15 @@ class Container:
 class PodWorker:
     """Runs one pod bound to one of our nodes, in its own thread, until it is deleted (or the kubelet stops)."""
 
-    def __init__(self, kubelet: Kubelet, pod: dict) -> None:
+    def __init__(self, host: PodHost, pod: dict) -> None:
         meta = pod["metadata"]
         self.thread = threading.Thread(target=self.run, name=f"pod-{meta['namespace']}/{meta['name']}", daemon=True)
-        self.kl = kubelet
+        self.host = host
         self.pod = pod
         self.ns, self.pod_name, self.uid = meta["namespace"], meta["name"], meta["uid"]
         self.node = pod["spec"]["nodeName"]
         self.ctx = f"node={self.node} pod={self.ns}/{self.pod_name}"
-        self.pod_dir = kubelet.state_dir / "pods" / f"{self.ns}_{self.pod_name}_{self.uid}"
+        self.pod_dir = host.state_dir / "pods" / f"{self.ns}_{self.pod_name}_{self.uid}"
         self.wake = threading.Event()
         self.gone = False
         self.finished = threading.Event()
@@ -122,8 +142,8 @@ class PodWorker:
         try:
             self._recover_previous_run()
             while True:
-                if self.kl.stopping.is_set():
-                    self._stop_everything(min(self.kl.shutdown_grace_s, self._grace()))
+                if self.host.stopping():
+                    self._stop_everything(min(self.host.shutdown_grace_s, self._grace()))
                     return
                 if self.gone:
                     log.info("%s: pod vanished from the API; killing its processes", self.ctx)
@@ -174,17 +194,22 @@ class PodWorker:
             s["name"]: s for s in (status.get("initContainerStatuses") or []) + (status.get("containerStatuses") or [])
         }
         now = now_iso()
-        for c in [*self.init_containers, *self.containers]:
-            prev = previous.get(c.name)
+        for container in [*self.init_containers, *self.containers]:
+            prev = previous.get(container.name)
             if not prev:
                 continue
-            image = c.state.image
-            c.state, c.pending_restart = recover_container(
-                c.name, prev, init=c.init, restart_policy=self.restart_policy, now=now
+            image = container.state.image
+            container.state, container.pending_restart = recover_container(
+                container.name, prev, init=container.init, restart_policy=self.restart_policy, now=now
             )
-            c.state.image = image
-            if any(t is not None and t.reason == LOST_REASON for t in (c.state.last_terminated, c.state.terminated)):
-                log.warning("%s container=%s: started by a previous kubelet run; its process is lost", self.ctx, c.name)
+            container.state.image = image
+            if any(
+                t is not None and t.reason == LOST_REASON
+                for t in (container.state.last_terminated, container.state.terminated)
+            ):
+                log.warning(
+                    "%s container=%s: started by a previous kubelet run; its process is lost", self.ctx, container.name
+                )
 
     # ----- one reconcile step -----
 
@@ -203,11 +228,11 @@ class PodWorker:
         pending_init = next((c for c in self.init_containers if not c.state.succeeded), None)
         if pending_init is not None:
             self._drive(pending_init)
-            for c in self.containers:
-                c.state.waiting_reason = "PodInitializing"
+            for container in self.containers:
+                container.state.waiting_reason = "PodInitializing"
             return
-        for c in self.containers:
-            self._drive(c)
+        for container in self.containers:
+            self._drive(container)
 
     def _ensure_sandbox(self) -> bool:
         if self.netns and self.volumes is not None:
@@ -217,20 +242,20 @@ class PodWorker:
         try:
             if not self.netns:
                 self.pod_dir.mkdir(parents=True, exist_ok=True)
-                self.ip = self.kl.ipam.allocate(self.uid)
+                self.ip = self.host.allocate_ip(self.uid)
                 self.netns = network.create_pod_netns(self.uid, self.ip)
                 self._write_dns_files()
                 (self.pod_dir / "tmp").mkdir(exist_ok=True)
                 os.chmod(self.pod_dir / "tmp", 0o1777)
                 log.info("%s: sandbox ready with IP %s", self.ctx, self.ip)
             builder = VolumeBuilder(
-                self.kl.api,
+                self.host.api,
                 self.pod,
                 self.pod_dir,
-                self.kl.state_dir,
+                self.host.state_dir,
                 self._facts(),
-                self.kl.lookup("configmaps", self.ns),
-                self.kl.lookup("secrets", self.ns),
+                self.host.lookup("configmaps", self.ns),
+                self.host.lookup("secrets", self.ns),
             )
             self.volumes = builder.build()
             self.sandbox_error = ""
@@ -238,153 +263,165 @@ class PodWorker:
         except (VolumeError, network.NetworkError, ApiError, OSError) as exc:
             self.sandbox_error = str(exc)
             log.warning("%s: cannot set up the pod yet: %s", self.ctx, exc)
-            for c in [*self.init_containers, *self.containers]:
-                c.state.waiting_reason, c.state.waiting_message = "ContainerCreating", str(exc)[:512]
+            for container in [*self.init_containers, *self.containers]:
+                container.state.waiting_reason, container.state.waiting_message = "ContainerCreating", str(exc)[:512]
             self.next_sandbox_try = time.monotonic() + 2
             return False
 
     def _facts(self) -> PodFacts:
-        return PodFacts(pod_ip=self.ip or "", host_ip=self.kl.host_ip, node_allocatable=self.kl.allocatable)
+        return PodFacts(pod_ip=self.ip or "", host_ip=self.host.host_ip, node_allocatable=self.host.allocatable)
 
     def _write_dns_files(self) -> None:
         self.refresh_hosts()
-        dns.write_in_place(self.pod_dir / "resolv.conf", dns.render_resolv_conf(self.ns, self.kl.host_ip))
+        dns.write_in_place(self.pod_dir / "resolv.conf", dns.render_resolv_conf(self.ns, self.host.host_ip))
         dns.write_in_place(self.pod_dir / "hostname", dns.pod_hostname(self.pod) + "\n")
 
     def refresh_hosts(self) -> None:
         """Rewrite this pod's hosts file in place if the cluster's pods/services changed it (DNS loop calls this)."""
         if self.ip and self.netns:
-            dns.write_in_place(self.pod_dir / "hosts", self.kl.render_hosts(self.pod, self.ip))
+            dns.write_in_place(self.pod_dir / "hosts", self.host.render_hosts(self.pod, self.ip))
 
     # ----- containers -----
 
-    def _drive(self, c: Container) -> None:
+    def _drive(self, container: Container) -> None:
         now = time.monotonic()
-        if c.proc is not None:
-            code = c.proc.poll()
+        if container.proc is not None:
+            code = container.proc.poll()
             if code is None:
-                self._probe(c, now)
+                self._probe(container, now)
                 return
-            self._on_exit(c, code)
-        if c.state.terminated is not None:
+            self._on_exit(container, code)
+        if container.state.terminated is not None:
             return  # finished for good (not restarted per restartPolicy)
-        if now >= c.next_start:
-            self._start(c)
+        if now >= container.next_start:
+            self._start(container)
 
-    def _start(self, c: Container) -> None:
+    def _start(self, container: Container) -> None:
         try:
-            c.env = resolve_env(
-                c.spec,
+            container.env = resolve_env(
+                container.spec,
                 self.pod,
-                self.kl.base_env(self.pod),
+                self.host.base_env(self.pod),
                 self._facts(),
-                self.kl.lookup("configmaps", self.ns),
-                self.kl.lookup("secrets", self.ns),
+                self.host.lookup("configmaps", self.ns),
+                self.host.lookup("secrets", self.ns),
             )
-            argv = container_argv(c.spec, c.env)
-            mounts = self._mounts(c)
+            argv = container_argv(container.spec, container.env)
+            mounts = self._mounts(container)
         except (EnvError, VolumeError, ValueError) as exc:
-            c.state.waiting_reason, c.state.waiting_message = "CreateContainerConfigError", str(exc)[:512]
-            c.next_start = time.monotonic() + 2
-            log.warning("%s container=%s: %s", self.ctx, c.name, exc)
+            container.state.waiting_reason = "CreateContainerConfigError"
+            container.state.waiting_message = str(exc)[:512]
+            container.next_start = time.monotonic() + 2
+            log.warning("%s container=%s: %s", self.ctx, container.name, exc)
             return
-        if c.pending_restart:
-            c.state.restart_count += 1
-            c.pending_restart = False
-        cdir = c.dir(self.pod_dir)
-        cdir.mkdir(parents=True, exist_ok=True)
-        (cdir / "termination-log").write_bytes(b"")
+        if container.pending_restart:
+            container.state.restart_count += 1
+            container.pending_restart = False
+        container_dir = container.dir(self.pod_dir)
+        container_dir.mkdir(parents=True, exist_ok=True)
+        (container_dir / "termination-log").write_bytes(b"")
         spec = LaunchSpec(
             argv=argv,
-            env=c.env,
+            env=container.env,
             hostname=dns.pod_hostname(self.pod),
             netns_path=str(network.NETNS_DIR / self.netns),
             mounts=mounts,
-            working_dir=c.spec.get("workingDir"),
+            working_dir=container.spec.get("workingDir"),
         )
-        run_dir = cdir / f"run-{c.state.restart_count}"
+        run_dir = container_dir / f"run-{container.state.restart_count}"
         shutil.rmtree(run_dir, ignore_errors=True)
-        c.proc = ContainerProcess(spec, run_dir, cdir / f"{c.state.restart_count}.log")
-        c.started_mono = time.monotonic()
-        c.state.running_since = now_iso()
-        c.state.terminated = None
-        c.state.waiting_reason, c.state.waiting_message = "", ""
-        c.state.container_id = f"process://{c.proc.pid}"
-        c.startup = new_tracker(c.spec.get("startupProbe"), None)
-        c.liveness = new_tracker(c.spec.get("livenessProbe"), True)
-        c.readiness = new_tracker(c.spec.get("readinessProbe"), False)
-        c.state.started = c.startup is None
-        c.state.ready = not c.init and c.readiness is None and c.state.started
+        container.proc = ContainerProcess(spec, run_dir, container_dir / f"{container.state.restart_count}.log")
+        container.started_mono = time.monotonic()
+        container.state.running_since = now_iso()
+        container.state.terminated = None
+        container.state.waiting_reason, container.state.waiting_message = "", ""
+        container.state.container_id = f"process://{container.proc.pid}"
+        container.startup = new_tracker(container.spec.get("startupProbe"), None)
+        container.liveness = new_tracker(container.spec.get("livenessProbe"), True)
+        container.readiness = new_tracker(container.spec.get("readinessProbe"), False)
+        container.state.started = container.startup is None
+        container.state.ready = not container.init and container.readiness is None and container.state.started
         log.info(
             "%s container=%s: started pid %d (restart %d): %s",
             self.ctx,
-            c.name,
-            c.proc.pid,
-            c.state.restart_count,
+            container.name,
+            container.proc.pid,
+            container.state.restart_count,
             " ".join(argv)[:200],
         )
 
-    def _mounts(self, c: Container) -> list[Mount]:
-        cdir = c.dir(self.pod_dir)
+    def _mounts(self, container: Container) -> list[Mount]:
+        container_dir = container.dir(self.pod_dir)
         mounts = [
             Mount(str(self.pod_dir / "hosts"), "/etc/hosts"),
             Mount(str(self.pod_dir / "resolv.conf"), "/etc/resolv.conf"),
             Mount(str(self.pod_dir / "hostname"), "/etc/hostname"),
             Mount(str(self.pod_dir / "tmp"), "/tmp"),
-            Mount(str(cdir / "termination-log"), c.spec.get("terminationMessagePath") or "/dev/termination-log"),
+            Mount(
+                str(container_dir / "termination-log"),
+                container.spec.get("terminationMessagePath") or "/dev/termination-log",
+            ),
         ]
-        for vm in c.spec.get("volumeMounts") or []:
-            if vm["name"] not in (self.volumes or {}):
-                raise VolumeError(f"volumeMount {vm['mountPath']}: no volume named {vm['name']!r}")
-            source = self.volumes[vm["name"]]
-            if vm.get("subPath"):
-                source = source / vm["subPath"]
+        for volume_mount in container.spec.get("volumeMounts") or []:
+            if volume_mount["name"] not in (self.volumes or {}):
+                raise VolumeError(f"volumeMount {volume_mount['mountPath']}: no volume named {volume_mount['name']!r}")
+            source = self.volumes[volume_mount["name"]]
+            if volume_mount.get("subPath"):
+                source = source / volume_mount["subPath"]
                 if not source.exists():
                     source.mkdir(parents=True)
-            mounts.append(Mount(str(source), vm["mountPath"], bool(vm.get("readOnly"))))
+            mounts.append(Mount(str(source), volume_mount["mountPath"], bool(volume_mount.get("readOnly"))))
         return sorted(mounts, key=lambda m: m.target.rstrip("/").count("/"))
 
-    def _on_exit(self, c: Container, code: int) -> None:
-        assert c.proc is not None
-        c.proc.kill_tree()
-        started = c.state.running_since or now_iso()
-        message = self._termination_message(c, code)
+    def _on_exit(self, container: Container, code: int) -> None:
+        assert container.proc is not None
+        container.proc.kill_tree()
+        started = container.state.running_since or now_iso()
+        message = self._termination_message(container, code)
         reason = terminated_reason(code)
         if code == 128 and message.startswith("launcher:"):
             reason = "StartError"
         term = Terminated(code, reason, started, now_iso(), message)
-        log.info("%s container=%s: exited with %d (%s)", self.ctx, c.name, code, reason)
-        c.proc = None
-        c.state.running_since = None
-        c.state.ready = False
-        c.state.started = False
+        log.info("%s container=%s: exited with %d (%s)", self.ctx, container.name, code, reason)
+        container.proc = None
+        container.state.running_since = None
+        container.state.ready = False
+        container.state.started = False
         restart = self.restart_policy == "Always" or (self.restart_policy == "OnFailure" and code != 0)
-        if c.init:
+        if container.init:
             restart = code != 0 and self.restart_policy != "Never"
         if not restart:
-            c.state.terminated = term
-            c.state.ready = c.init and code == 0
+            container.state.terminated = term
+            container.state.ready = container.init and code == 0
             return
-        ran_s = time.monotonic() - c.started_mono
-        delay = 1.0 if ran_s >= BACKOFF_RESET_S else backoff_delay(c.state.restart_count)
-        c.state.last_terminated = term
-        c.state.terminated = None
-        c.state.waiting_reason = "CrashLoopBackOff"
-        c.pending_restart = True
-        c.state.waiting_message = f"back-off {delay:.0f}s restarting failed container={c.name} pod={self.pod_name}"
-        c.next_start = time.monotonic() + delay
+        ran_s = time.monotonic() - container.started_mono
+        delay = 1.0 if ran_s >= BACKOFF_RESET_S else backoff_delay(container.state.restart_count)
+        container.state.last_terminated = term
+        container.state.terminated = None
+        container.state.waiting_reason = "CrashLoopBackOff"
+        container.pending_restart = True
+        container.state.waiting_message = (
+            f"back-off {delay:.0f}s restarting failed container={container.name} pod={self.pod_name}"
+        )
+        container.next_start = time.monotonic() + delay
 
-    def _termination_message(self, c: Container, code: int) -> str:
-        cdir = c.dir(self.pod_dir)
+    def _termination_message(self, container: Container, code: int) -> str:
+        container_dir = container.dir(self.pod_dir)
         try:
-            message = (cdir / "termination-log").read_bytes()[:MAX_TERMINATION_MESSAGE].decode(errors="replace")
+            message = (
+                (container_dir / "termination-log").read_bytes()[:MAX_TERMINATION_MESSAGE].decode(errors="replace")
+            )
         except OSError:
             message = ""
-        policy = c.spec.get("terminationMessagePolicy", "File")
+        policy = container.spec.get("terminationMessagePolicy", "File")
         fallback = not message and code != 0 and policy == "FallbackToLogsOnError"
         if fallback or (code == 128 and not message):
             try:
-                tail = (cdir / f"{c.state.restart_count}.log").read_bytes()[-2048:].decode(errors="replace")
+                tail = (
+                    (container_dir / f"{container.state.restart_count}.log")
+                    .read_bytes()[-2048:]
+                    .decode(errors="replace")
+                )
             except OSError:
                 tail = ""
             lines = tail.splitlines()[-80:]
@@ -392,45 +429,47 @@ class PodWorker:
             message = launcher if code == 128 and launcher else ("\n".join(lines) if fallback else "")
         return message
 
-    def _probe(self, c: Container, now: float) -> None:
-        assert c.proc is not None
+    def _probe(self, container: Container, now: float) -> None:
+        assert container.proc is not None
         target = ProbeTarget(
             pod_ip=self.ip or "",
-            pid=c.proc.pid,
-            env=c.env,
-            ports={p["name"]: int(p["containerPort"]) for p in c.spec.get("ports") or [] if p.get("name")},
-            run_dir=c.dir(self.pod_dir),
+            pid=container.proc.pid,
+            env=container.env,
+            ports={p["name"]: int(p["containerPort"]) for p in container.spec.get("ports") or [] if p.get("name")},
+            run_dir=container.dir(self.pod_dir),
         )
-        if c.startup is not None and not c.state.started:
-            if c.startup.due(now):
-                ok, msg = probe_once(c.startup.probe, target)
-                verdict = c.startup.observe(ok, msg, time.monotonic())
+        if container.startup is not None and not container.state.started:
+            if container.startup.due(now):
+                ok, msg = probe_once(container.startup.probe, target)
+                verdict = container.startup.observe(ok, msg, time.monotonic())
                 if verdict is True:
-                    c.state.started = True
+                    container.state.started = True
                 elif verdict is False:
-                    log.info("%s container=%s: startup probe failed (%s); restarting", self.ctx, c.name, msg)
-                    self._kill_for_restart(c)
+                    log.info("%s container=%s: startup probe failed (%s); restarting", self.ctx, container.name, msg)
+                    self._kill_for_restart(container)
                     return
-            if not c.state.started:
+            if not container.state.started:
                 return
-        if c.liveness is not None and c.liveness.due(now):
-            ok, msg = probe_once(c.liveness.probe, target)
-            if c.liveness.observe(ok, msg, time.monotonic()) is False:
-                log.info("%s container=%s: liveness probe failed (%s); restarting", self.ctx, c.name, msg)
-                self._kill_for_restart(c)
+        if container.liveness is not None and container.liveness.due(now):
+            ok, msg = probe_once(container.liveness.probe, target)
+            if container.liveness.observe(ok, msg, time.monotonic()) is False:
+                log.info("%s container=%s: liveness probe failed (%s); restarting", self.ctx, container.name, msg)
+                self._kill_for_restart(container)
                 return
-        if c.readiness is not None and c.readiness.due(now):
-            ok, msg = probe_once(c.readiness.probe, target)
-            verdict = c.readiness.observe(ok, msg, time.monotonic())
-            if bool(verdict) != c.state.ready:
-                log.info("%s container=%s: readiness now %s (%s)", self.ctx, c.name, bool(verdict), msg)
-        if not c.init:
-            c.state.ready = c.state.started and (c.readiness is None or bool(c.readiness.result))
+        if container.readiness is not None and container.readiness.due(now):
+            ok, msg = probe_once(container.readiness.probe, target)
+            verdict = container.readiness.observe(ok, msg, time.monotonic())
+            if bool(verdict) != container.state.ready:
+                log.info("%s container=%s: readiness now %s (%s)", self.ctx, container.name, bool(verdict), msg)
+        if not container.init:
+            container.state.ready = container.state.started and (
+                container.readiness is None or bool(container.readiness.result)
+            )
 
-    def _kill_for_restart(self, c: Container) -> None:
-        assert c.proc is not None
-        code = c.proc.stop(float(c.spec.get("terminationGracePeriodSeconds") or self._grace()))
-        self._on_exit(c, 137 if code is None else code)
+    def _kill_for_restart(self, container: Container) -> None:
+        assert container.proc is not None
+        code = container.proc.stop(float(container.spec.get("terminationGracePeriodSeconds") or self._grace()))
+        self._on_exit(container, 137 if code is None else code)
 
     # ----- status -----
 
@@ -443,7 +482,7 @@ class PodWorker:
             [c.state for c in self.containers],
             sandbox_ready=bool(self.netns),
             pod_ip=self.ip,
-            host_ip=self.kl.host_ip,
+            host_ip=self.host.host_ip,
             start_time=self.start_time,
             prev_conditions=self.prev_conditions,
             now=now_iso(),
@@ -451,7 +490,7 @@ class PodWorker:
         if status == self.last_sent:
             return
         try:
-            self.kl.api.merge_patch(
+            self.host.api.merge_patch(
                 f"/api/v1/namespaces/{self.ns}/pods/{self.pod_name}/status",
                 {"metadata": {"uid": self.uid}, "status": status},
             )
@@ -469,29 +508,29 @@ class PodWorker:
     def _stop_processes(self, grace_s: float) -> None:
         """SIGTERM every running container's process group, wait up to grace_s for all, then SIGKILL."""
         running = [c for c in [*self.init_containers, *self.containers] if c.proc is not None]
-        for c in running:
-            c.proc.signal_group(15)
+        for container in running:
+            container.proc.signal_group(15)
         deadline = time.monotonic() + grace_s
         while any(c.proc.poll() is None for c in running) and time.monotonic() < deadline:
             time.sleep(0.05)
-        for c in running:
-            c.proc.kill_tree()
-            code = c.proc.poll()
-            c.state.terminated = Terminated(
+        for container in running:
+            container.proc.kill_tree()
+            code = container.proc.poll()
+            container.state.terminated = Terminated(
                 code if code is not None else 137,
                 terminated_reason(code or 137),
-                c.state.running_since or now_iso(),
+                container.state.running_since or now_iso(),
                 now_iso(),
-                self._termination_message(c, code or 137),
+                self._termination_message(container, code or 137),
             )
-            c.state.running_since, c.state.ready, c.proc = None, False, None
+            container.state.running_since, container.state.ready, container.proc = None, False, None
         if running:
             log.info("%s: stopped %d container(s)", self.ctx, len(running))
 
     def _teardown_sandbox(self, keep_ip: bool = False) -> None:
         network.delete_pod_netns(self.uid)
         unmount_under(self.pod_dir)
-        self.kl.ipam.release(self.uid)
+        self.host.release_ip(self.uid)
         self.netns = None
         if not keep_ip:
             self.ip = None
@@ -522,7 +561,7 @@ class PodWorker:
         except Exception as exc:
             log.info("%s: last status update failed: %s", self.ctx, exc)
         try:
-            self.kl.api.delete(
+            self.host.api.delete(
                 f"/api/v1/namespaces/{self.ns}/pods/{self.pod_name}",
                 {"gracePeriodSeconds": 0, "preconditions": {"uid": self.uid}},
             )

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from llmtrain_testbed.kubelet.status import ContainerState, Terminated, container_status, pod_conditions, pod_phase, pod_status
+from llmtrain_testbed.kubelet.status import (
+    ContainerState,
+    Terminated,
+    container_status,
+    pod_conditions,
+    pod_phase,
+    pod_status,
+)
 
 T0 = "2030-01-01T00:00:00Z"
 T1 = "2030-01-01T00:01:00Z"
