@@ -74,16 +74,26 @@ def apiserver(state: Path, pki: Pki) -> Component:
     return Component("kube-apiserver", argv, (("0.0.0.0", APISERVER_PORT),))
 
 
-def controller_manager(state: Path, pki: Pki, kubeconfig: Path) -> Component:
+def _api_client_component(name: str, state: Path, kubeconfig: Path, port: int, flags: list[str]) -> Component:
+    """The controller-manager and the scheduler run alike: one kubeconfig for the API and for authn/authz of their
+    own health endpoint (https on 127.0.0.1:`port`, self-signed certs in `<state>/<dir>`), no leader election."""
     argv = [
-        str(paths.binary("kube-controller-manager")),
+        str(paths.binary(name)),
         f"--kubeconfig={kubeconfig}",
         f"--authentication-kubeconfig={kubeconfig}",
         f"--authorization-kubeconfig={kubeconfig}",
         "--bind-address=127.0.0.1",
-        f"--secure-port={CONTROLLER_MANAGER_PORT}",
-        f"--cert-dir={state / 'controller-manager'}",
+        f"--secure-port={port}",
+        f"--cert-dir={state / name.removeprefix('kube-')}",
         "--leader-elect=false",
+        *flags,
+        "--profiling=false",
+    ]
+    return Component(name, argv, (("127.0.0.1", port),))
+
+
+def controller_manager(state: Path, pki: Pki, kubeconfig: Path) -> Component:
+    flags = [
         "--controllers=*",
         # Each controller acts as its own ServiceAccount, so RBAC sees the same identities as in a real cluster.
         "--use-service-account-credentials=true",
@@ -92,24 +102,12 @@ def controller_manager(state: Path, pki: Pki, kubeconfig: Path) -> Component:
         f"--cluster-signing-cert-file={pki.ca_crt}",
         f"--cluster-signing-key-file={pki.key('ca')}",
         "--cluster-name=llmtrain",
-        "--profiling=false",
     ]
-    return Component("kube-controller-manager", argv, (("127.0.0.1", CONTROLLER_MANAGER_PORT),))
+    return _api_client_component("kube-controller-manager", state, kubeconfig, CONTROLLER_MANAGER_PORT, flags)
 
 
 def scheduler(state: Path, kubeconfig: Path) -> Component:
-    argv = [
-        str(paths.binary("kube-scheduler")),
-        f"--kubeconfig={kubeconfig}",
-        f"--authentication-kubeconfig={kubeconfig}",
-        f"--authorization-kubeconfig={kubeconfig}",
-        "--bind-address=127.0.0.1",
-        f"--secure-port={SCHEDULER_PORT}",
-        f"--cert-dir={state / 'scheduler'}",
-        "--leader-elect=false",
-        "--profiling=false",
-    ]
-    return Component("kube-scheduler", argv, (("127.0.0.1", SCHEDULER_PORT),))
+    return _api_client_component("kube-scheduler", state, kubeconfig, SCHEDULER_PORT, [])
 
 
 def kubelet(state: Path, pki: Pki, admin_kubeconfig: Path, nodes: int, gpus_per_node: int) -> Component:

@@ -22,54 +22,54 @@ def parse_taint(text: str) -> dict:
 
 
 def parse_args(argv: list[str] | None = None) -> KubeletOptions:
-    p = argparse.ArgumentParser(prog="python -m llmtrain_testbed.kubelet", description=__doc__)
-    p.add_argument("--kubeconfig", required=True, help="kubeconfig with rights to nodes, leases, pods, tokens")
-    p.add_argument("--state-dir", required=True, type=Path, help="pod dirs, logs, PVC dirs, IP allocations")
-    p.add_argument("--nodes", type=int, default=2, help="how many fake nodes to register (llmtrain-node-<i>)")
-    p.add_argument("--gpus-per-node", type=int, default=8, help="nvidia.com/gpu capacity of each node")
-    p.add_argument("--gpu-product", default="NVIDIA-H200", help="nvidia.com/gpu.product label")
-    p.add_argument("--gpu-memory-mib", type=int, default=143771, help="nvidia.com/gpu.memory label (MiB)")
-    p.add_argument("--cpu", default="64", help="declared cpu capacity per node")
-    p.add_argument("--memory", default="512Gi", help="declared memory capacity per node")
-    p.add_argument("--address", default="10.88.0.1", help="node InternalIP (the bridge address)")
-    p.add_argument("--first-port", type=int, default=10250, help="node i serves the kubelet API on this + i")
-    p.add_argument("--node-prefix", default="llmtrain-node", help="nodes are named <prefix>-<i>")
-    p.add_argument(
+    parser = argparse.ArgumentParser(prog="python -m llmtrain_testbed.kubelet", description=__doc__)
+    parser.add_argument("--kubeconfig", required=True, help="kubeconfig with rights to nodes, leases, pods, tokens")
+    parser.add_argument("--state-dir", required=True, type=Path, help="pod dirs, logs, PVC dirs, IP allocations")
+    parser.add_argument("--nodes", type=int, default=2, help="how many fake nodes to register (llmtrain-node-<i>)")
+    parser.add_argument("--gpus-per-node", type=int, default=8, help="nvidia.com/gpu capacity of each node")
+    parser.add_argument("--gpu-product", default="NVIDIA-H200", help="nvidia.com/gpu.product label")
+    parser.add_argument("--gpu-memory-mib", type=int, default=143771, help="nvidia.com/gpu.memory label (MiB)")
+    parser.add_argument("--cpu", default="64", help="declared cpu capacity per node")
+    parser.add_argument("--memory", default="512Gi", help="declared memory capacity per node")
+    parser.add_argument("--address", default="10.88.0.1", help="node InternalIP (the bridge address)")
+    parser.add_argument("--first-port", type=int, default=10250, help="node i serves the kubelet API on this + i")
+    parser.add_argument("--node-prefix", default="llmtrain-node", help="nodes are named <prefix>-<i>")
+    parser.add_argument(
         "--register-with-taints",
         default="",
         help="comma list key=value:Effect put on every node (e.g. for a second kubelet used only by tests)",
     )
-    p.add_argument("--serving-cert", help="kubelet serving certificate (PEM)")
-    p.add_argument("--serving-key", help="kubelet serving key (PEM)")
-    p.add_argument("--client-ca", help="CA that signs the clients allowed to read logs (the cluster CA)")
-    p.add_argument("--shutdown-grace", type=float, default=5.0, help="seconds pods get to exit on kubelet SIGTERM")
-    p.add_argument("--log-level", default="INFO")
-    a = p.parse_args(argv)
-    if a.nodes < 1:
-        p.error("--nodes must be at least 1")
+    parser.add_argument("--serving-cert", help="kubelet serving certificate (PEM)")
+    parser.add_argument("--serving-key", help="kubelet serving key (PEM)")
+    parser.add_argument("--client-ca", help="CA that signs the clients allowed to read logs (the cluster CA)")
+    parser.add_argument("--shutdown-grace", type=float, default=5.0, help="seconds pods get to exit on kubelet SIGTERM")
+    parser.add_argument("--log-level", default="INFO")
+    args = parser.parse_args(argv)
+    if args.nodes < 1:
+        parser.error("--nodes must be at least 1")
     logging.basicConfig(
-        level=a.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s [%(threadName)s] %(message)s"
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s [%(threadName)s] %(message)s"
     )
     node = NodeConfig(
-        cpu=a.cpu,
-        memory=a.memory,
-        gpus=a.gpus_per_node,
-        gpu_product=a.gpu_product,
-        gpu_memory_mib=a.gpu_memory_mib,
-        address=a.address,
-        first_port=a.first_port,
-        name_prefix=a.node_prefix,
-        taints=[parse_taint(t) for t in a.register_with_taints.split(",") if t],
+        cpu=args.cpu,
+        memory=args.memory,
+        gpus=args.gpus_per_node,
+        gpu_product=args.gpu_product,
+        gpu_memory_mib=args.gpu_memory_mib,
+        address=args.address,
+        first_port=args.first_port,
+        name_prefix=args.node_prefix,
+        taints=[parse_taint(t) for t in args.register_with_taints.split(",") if t],
     )
     return KubeletOptions(
-        kubeconfig=a.kubeconfig,
-        state_dir=a.state_dir,
-        nodes=a.nodes,
+        kubeconfig=args.kubeconfig,
+        state_dir=args.state_dir,
+        nodes=args.nodes,
         node=node,
-        serving_cert=a.serving_cert,
-        serving_key=a.serving_key,
-        client_ca=a.client_ca,
-        shutdown_grace_s=a.shutdown_grace,
+        serving_cert=args.serving_cert,
+        serving_key=args.serving_key,
+        client_ca=args.client_ca,
+        shutdown_grace_s=args.shutdown_grace,
     )
 
 

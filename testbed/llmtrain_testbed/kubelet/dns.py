@@ -51,12 +51,12 @@ def render_hosts(pod: dict, pod_ip: str, pods: list[dict], services: list[dict],
     """The pod's /etc/hosts: itself first, then peers by hostname.subdomain, then services; first name wins."""
     ns = pod["metadata"]["namespace"]
     entries: list[tuple[str, list[str]]] = [("127.0.0.1", ["localhost"]), ("::1", ["localhost", "ip6-localhost"])]
-    me = pod_hostname(pod)
+    own_name = pod_hostname(pod)
     subdomain = pod.get("spec", {}).get("subdomain")
     if subdomain:
-        entries.append((pod_ip, [f"{me}.{subdomain}.{ns}.svc.{CLUSTER_DOMAIN}", me]))
+        entries.append((pod_ip, [f"{own_name}.{subdomain}.{ns}.svc.{CLUSTER_DOMAIN}", own_name]))
     else:
-        entries.append((pod_ip, [me]))
+        entries.append((pod_ip, [own_name]))
 
     headless = {(s["metadata"]["namespace"], s["metadata"]["name"]): s for s in services if _is_headless(s)}
     uid = pod["metadata"].get("uid")

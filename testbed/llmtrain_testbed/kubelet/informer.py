@@ -62,10 +62,10 @@ class Informer:
     def _run(self) -> None:
         while not self.stop.is_set():
             try:
-                rv = self._relist()
+                resource_version = self._relist()
                 listed_at = time.monotonic()
                 while not self.stop.is_set() and time.monotonic() - listed_at < self.relist_s:
-                    rv = self._watch_once(rv)
+                    resource_version = self._watch_once(resource_version)
             except ApiError as exc:
                 if exc.status != 410:
                     log.warning("watch %s failed: %s; relisting", self.path, exc)
@@ -74,14 +74,14 @@ class Informer:
                 log.warning("list/watch %s failed: %s; retrying", self.path, exc)
                 self.stop.wait(1)
 
-    def _watch_once(self, rv: str) -> str:
-        for event in self.api.watch(self.path, rv, timeout_s=int(self.relist_s)):
+    def _watch_once(self, resource_version: str) -> str:
+        for event in self.api.watch(self.path, resource_version, timeout_s=int(self.relist_s)):
             if self.stop.is_set():
                 break
             kind, obj = event.get("type"), event.get("object", {})
             if kind == "ERROR":
                 raise ApiError(obj.get("code", 500), "WATCH", self.path, obj.get("message", ""))
-            rv = obj.get("metadata", {}).get("resourceVersion", rv)
+            resource_version = obj.get("metadata", {}).get("resourceVersion", resource_version)
             if kind == "BOOKMARK":
                 continue
             with self._lock:
@@ -90,4 +90,4 @@ class Informer:
                 else:
                     self._objects[key_of(obj)] = obj
             self.on_change()
-        return rv
+        return resource_version

@@ -26,13 +26,13 @@ _SUFFIXES = {
 
 def parse_quantity(text: str | int | float) -> Decimal:
     """The value of a quantity; ValueError names the bad text."""
-    s = str(text).strip()
+    stripped = str(text).strip()
     for suffix in sorted(_SUFFIXES, key=len, reverse=True):
-        if s.endswith(suffix) and s[: -len(suffix)]:
-            number, factor = s[: -len(suffix)], _SUFFIXES[suffix]
+        if stripped.endswith(suffix) and stripped[: -len(suffix)]:
+            number, factor = stripped[: -len(suffix)], _SUFFIXES[suffix]
             break
     else:
-        number, factor = s, Decimal(1)
+        number, factor = stripped, Decimal(1)
     try:
         return Decimal(number) * factor
     except InvalidOperation:
@@ -41,7 +41,7 @@ def parse_quantity(text: str | int | float) -> Decimal:
 
 def resource_field_value(value: Decimal, divisor: str | None, resource: str) -> str:
     """What resourceFieldRef exposes: value/divisor rounded up (the kubelet rounds cpu and memory up)."""
-    d = parse_quantity(divisor) if divisor else Decimal(1)
-    if d == 0:
+    divisor_value = parse_quantity(divisor) if divisor else Decimal(1)
+    if divisor_value == 0:
         raise ValueError(f"resourceFieldRef {resource}: divisor must not be zero")
-    return str(math.ceil(value / d))
+    return str(math.ceil(value / divisor_value))

@@ -200,7 +200,7 @@ class VolumeBuilder:
     def _token(self, sat: dict) -> str:
         """A bound service-account token for this pod from the TokenRequest API (RBAC then sees the real SA)."""
         meta = self.pod["metadata"]
-        sa = self.pod["spec"].get("serviceAccountName") or "default"
+        service_account = self.pod["spec"].get("serviceAccountName") or "default"
         spec: dict = {
             "expirationSeconds": sat.get("expirationSeconds", DEFAULT_TOKEN_SECONDS),
             "boundObjectRef": {"kind": "Pod", "apiVersion": "v1", "name": meta["name"], "uid": meta["uid"]},
@@ -209,9 +209,9 @@ class VolumeBuilder:
             spec["audiences"] = [sat["audience"]]
         body = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": spec}
         try:
-            answer = self.api.create(f"/api/v1/namespaces/{self.ns}/serviceaccounts/{sa}/token", body)
+            answer = self.api.create(f"/api/v1/namespaces/{self.ns}/serviceaccounts/{service_account}/token", body)
         except ApiError as exc:
-            raise VolumeError(f"service account token for {self.ns}/{sa}: {exc}") from exc
+            raise VolumeError(f"service account token for {self.ns}/{service_account}: {exc}") from exc
         return answer["status"]["token"]
 
 
