@@ -1,4 +1,4 @@
-"""Helpers for the integration and e2e suites (the pytest fixtures in tests/conftest.py wrap these).
+"""Helpers for the integration and e2e suites (the fixtures in pytest_plugin.py wrap these).
 
 They work the same on the test bed and on any cluster KUBECONFIG points at (kind, a real cluster), so the very
 same suites run there unchanged.
