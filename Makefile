@@ -9,7 +9,7 @@ K8S_VERSION  ?= v1.37.2
 BIN_DIR      := $(CACHE)/k8s-$(K8S_VERSION)/bin
 TOOLS_DIR    := $(CACHE)/tools/bin
 export PATH         := $(BIN_DIR):$(TOOLS_DIR):$(VENV)/bin:$(PATH)
-export PYTHONPATH   := $(CURDIR)/hack:$(CURDIR)/contract:$(CURDIR)/operator:$(CURDIR)/trainer_image
+export PYTHONPATH   := $(CURDIR)/testbed:$(CURDIR)/contract:$(CURDIR)/operator:$(CURDIR)/trainer_image
 export K8S_VERSION
 PYTEST       := $(PY) -m pytest -p no:cacheprovider
 REQ_STAMP    := $(VENV)/.llmtrain-$(shell sha256sum requirements.lock | cut -c1-16)
@@ -22,8 +22,8 @@ help: ## List the targets
 
 # ---------------------------------------------------------------- environment
 .PHONY: venv
-venv: $(REQ_STAMP) ## Python environment (torch, kopf, ...) in ~/.cache/llmtrain/venv, plus our packages
-	@$(PY) -m pip install -q --no-deps --no-build-isolation -e contract -e operator -e trainer_image >$(VENV)/.editable.log 2>&1 \
+venv: $(REQ_STAMP) ## Python environment (torch, kopf, ...) in ~/.cache/llmtrain/venv, plus our four packages
+	@$(PY) -m pip install -q --no-deps --no-build-isolation -e contract -e operator -e trainer_image -e testbed >$(VENV)/.editable.log 2>&1 \
 		|| { cat $(VENV)/.editable.log; exit 1; }
 
 $(REQ_STAMP): requirements.lock
@@ -44,11 +44,11 @@ cluster-bins: ## Build kube-apiserver, controller-manager, scheduler, kubectl, e
 # ---------------------------------------------------------------- local cluster
 .PHONY: cluster-up cluster-down cluster-status
 cluster-up: venv cluster-bins system-deps ## Start the local test bed (real control plane + process kubelet)
-	@$(PY) -m testbed up
+	@$(PY) -m llmtrain_testbed up
 cluster-down: ## Stop the test bed; leaves no process behind
-	@$(PY) -m testbed down
+	@$(PY) -m llmtrain_testbed down
 cluster-status: ## Show the test bed's components and nodes
-	@$(PY) -m testbed status
+	@$(PY) -m llmtrain_testbed status
 
 # ---------------------------------------------------------------- generated files
 .PHONY: crds
@@ -61,14 +61,16 @@ crds: venv ## Regenerate the CRD (and the chart's copy) and docs/api.md from the
 # ---------------------------------------------------------------- checks
 .PHONY: lint
 lint: venv ## ruff over all Python
-	@$(VENV)/bin/ruff check contract operator trainer_image hack tests bench
-	@$(VENV)/bin/ruff format --check contract operator trainer_image hack tests bench
+	@$(VENV)/bin/ruff check contract operator trainer_image testbed hack tests bench
+	@$(VENV)/bin/ruff format --check contract operator trainer_image testbed hack tests bench
 
 .PHONY: test-fast test-unit test-tools test-integration test-e2e test
 test-fast: venv ## Seconds: pure functions only (no trainer processes, no cluster binaries)
 	@$(PYTEST) tests/unit -q -m "not tools and not slow"
+	@$(PYTEST) testbed/tests/unit -q
 test-unit: venv ## Unit tests that need only the Python environment, trainer runs on CPU/gloo included
 	@$(PYTEST) tests/unit -q -m "not tools"
+	@$(PYTEST) testbed/tests/unit -q
 test-tools: venv cluster-bins system-deps ## Chart, manifests and workflows through helm, kubeconform, shellcheck, actionlint
 	@$(PYTEST) tests/unit -q -m tools
 # KUBECONFIG naming another cluster (kind, a real one): run the suites there, leave the test bed alone.
@@ -77,6 +79,7 @@ CLUSTER := $(if $(filter-out $(TESTBED_KUBECONFIG),$(KUBECONFIG)),venv,cluster-u
 
 test-integration: $(CLUSTER) ## Tests against the real test bed (or the cluster KUBECONFIG names)
 	@$(PYTEST) tests/integration -q
+	@$(PYTEST) testbed/tests/integration -q
 test-e2e: $(CLUSTER) ## The whole flow: helm install, train, fault, Prometheus
 	@$(PYTEST) tests/e2e -q
 test: lint test-unit test-tools test-integration test-e2e ## Everything CI runs
@@ -100,5 +103,5 @@ demo: cluster-up ## Train the tiny example through the operator on the local clu
 
 .PHONY: clean
 clean: ## Stop the cluster and remove its state (keeps the cached binaries and venv)
-	-@$(PY) -m testbed down
+	-@$(PY) -m llmtrain_testbed down
 	@rm -rf $(CACHE)/cluster

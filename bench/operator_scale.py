@@ -1,6 +1,6 @@
 """Operator scale benchmark: time from `create LLMTrainingJob` to all node pods created, API writes, operator RSS.
 
-    PYTHONPATH=operator:hack python bench/operator_scale.py [--out result.json] [--big-nodes 64] [--jobs 100]
+    PYTHONPATH=operator:testbed python bench/operator_scale.py [--out result.json] [--big-nodes 64] [--jobs 100]
 
 Runs against the test bed (brought up if needed) or the cluster KUBECONFIG names. The node pods get a nodeSelector no
 node has, so they stay Pending and nothing runs: we measure the operator, not the kubelet. Pod creation is observed
@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO / "operator"), str(REPO / "hack")]
+sys.path[:0] = [str(REPO / "operator"), str(REPO / "testbed")]
 
 import kopf  # noqa: E402
 from llmtrain_operator.kubeapi import KubeClient  # noqa: E402
@@ -129,7 +129,7 @@ async def scenario(client: KubeClient, ns: str, jobs: list[dict[str, Any]], time
 
 
 def kubectl(*args: str, kubeconfig: str, input: str | None = None) -> str:
-    from testbed import paths
+    from llmtrain_testbed import paths
 
     env = {**os.environ, "KUBECONFIG": kubeconfig}
     return subprocess.run(
@@ -201,7 +201,7 @@ def main() -> int:
     args = parser.parse_args()
     kubeconfig = os.environ.get("KUBECONFIG")
     if not kubeconfig:
-        from testbed import cluster
+        from llmtrain_testbed import cluster
 
         kubeconfig = str(cluster.up().kubeconfig)
         os.environ["KUBECONFIG"] = kubeconfig

@@ -14,9 +14,9 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "hack"))
+sys.path.insert(0, str(REPO / "testbed"))
 
-from testbed import paths  # noqa: E402
+from llmtrain_testbed import paths  # noqa: E402
 
 NAMESPACE = "llmtrain-demo"
 OPERATOR_NAMESPACE = "llmtrain-system"

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from testbed.testing import Cluster, wait_for
+from llmtrain_testbed.testing import Cluster, wait_for
 
 from .jobs import REPO
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 from kubernetes import client
-from testbed.testing import Cluster, wait_for
+from llmtrain_testbed.testing import Cluster, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 GROUP, VERSION, PLURAL = "llmtrain.dev", "v1alpha1", "llmtrainingjobs"

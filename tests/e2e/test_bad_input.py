@@ -8,7 +8,7 @@ import copy
 import pytest
 from kubernetes import client
 from kubernetes.client.rest import ApiException
-from testbed.testing import Cluster, wait_for
+from llmtrain_testbed.testing import Cluster, wait_for
 
 from .jobs import create_job, node_pods, status, tiny_job
 

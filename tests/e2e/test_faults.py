@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from kubernetes import client
-from testbed.testing import Cluster, wait_for
+from llmtrain_testbed.testing import Cluster, wait_for
 
 from .conftest import OPERATOR_NAMESPACE, operator_pods
 from .jobs import (

@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass
 
 import pytest
-from testbed.testing import Cluster, fresh_namespace
+from llmtrain_testbed.testing import Cluster, fresh_namespace
 
 from .conftest import Prometheus
 from .jobs import (

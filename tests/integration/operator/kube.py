@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from testbed.testing import Cluster, wait_for
+from llmtrain_testbed.testing import Cluster, wait_for
 
 REPO = Path(__file__).resolve().parents[3]
 CRD = REPO / "crds" / "llmtrain.dev_llmtrainingjobs.yaml"

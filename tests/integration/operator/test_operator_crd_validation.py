@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from testbed.testing import Cluster
+from llmtrain_testbed.testing import Cluster
 
 from .kube import CRD, Kube, job_manifest
 

@@ -6,7 +6,7 @@ import json
 from collections.abc import Iterator
 
 import pytest
-from testbed.testing import Cluster, wait_for
+from llmtrain_testbed.testing import Cluster, wait_for
 
 from .kube import CRD, SLEEP_FOREVER, Kube, OperatorProcess, job_manifest, running_operator
 

@@ -17,7 +17,7 @@ import yaml
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 from llmtrain_operator.rbac import RULES
-from testbed.testing import wait_for
+from llmtrain_testbed.testing import wait_for
 
 from .chart_on_cluster import REPO, as_list, find, render, unique
 

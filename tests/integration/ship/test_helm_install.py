@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 from kubernetes import client
-from testbed.testing import fresh_namespace, wait_for
+from llmtrain_testbed.testing import fresh_namespace, wait_for
 
 from .chart_on_cluster import CHART, REPO, RESTRICTED_LABEL, unique
 

@@ -31,7 +31,7 @@ QUANTITY = {"anyOf": [{"type": "number"}, {"type": "string"}]}
 
 def binary(name: str) -> str:
     """A binary from `make cluster-bins`, else from PATH; skip (naming the fix) when neither has it."""
-    from testbed import paths
+    from llmtrain_testbed import paths
 
     built = paths.bin_dir() / name
     if built.is_file() and os.access(built, os.X_OK):
@@ -44,7 +44,7 @@ def binary(name: str) -> str:
 
 def kube_version() -> list[str]:
     """Render for the test bed's Kubernetes (a helm built with `go install` otherwise assumes v1.20)."""
-    from testbed import paths
+    from llmtrain_testbed import paths
 
     return ["--kube-version", paths.K8S_VERSION]
 
@@ -88,7 +88,7 @@ def find(objects: list[dict[str, Any]], kind: str, name: str | None = None) -> l
 
 def swagger_path() -> Path:
     """The Kubernetes OpenAPI v2 document of the test bed's version, from the Go module cache."""
-    from testbed import paths
+    from llmtrain_testbed import paths
 
     modcache = os.environ.get("GOMODCACHE")
     if not modcache and shutil.which("go"):

@@ -1,8 +1,0 @@
-"""llmtrain's local Kubernetes test bed.
-
-Real control-plane binaries (etcd, kube-apiserver, kube-controller-manager, kube-scheduler) run as local
-processes, and a small Python kubelet runs pods as processes in network namespaces. Only the container
-runtime and the pod network are replaced; see docs/testbed.md.
-
-    PYTHONPATH=hack python -m testbed up|down|status
-"""
