@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO / "operator"), str(REPO / "testbed")]
+sys.path[:0] = [str(REPO / "contract"), str(REPO / "operator"), str(REPO / "testbed")]
 
 import kopf  # noqa: E402
 from llmtrain_operator.kubeapi import KubeClient  # noqa: E402
@@ -154,7 +154,7 @@ async def run(kubeconfig: str, big_nodes: int, many_jobs: int, many_nodes: int) 
         ns = f"bench-operator-{secrets.token_hex(3)}"
         kubectl("create", "namespace", ns, kubeconfig=kubeconfig)
         port = 18000 + secrets.randbelow(1000)
-        env = {**os.environ, "KUBECONFIG": kubeconfig, "PYTHONPATH": str(REPO / "operator")}
+        env = {**os.environ, "KUBECONFIG": kubeconfig, "PYTHONPATH": f"{REPO / 'contract'}:{REPO / 'operator'}"}
         argv = [
             sys.executable,
             "-m",

@@ -117,7 +117,9 @@ class OperatorProcess:
         env = {
             **os.environ,
             "KUBECONFIG": self.cluster.kubeconfig,
-            "PYTHONPATH": os.pathsep.join([str(REPO / "operator"), os.environ.get("PYTHONPATH", "")]),
+            "PYTHONPATH": os.pathsep.join(
+                [str(REPO / "contract"), str(REPO / "operator"), os.environ.get("PYTHONPATH", "")]
+            ),
             "LLMTRAIN_DEV_COMMAND_OVERRIDE": "1",
         }
         argv = [sys.executable, "-m", "llmtrain_operator", "--namespace", self.namespace, "--resync-seconds", "2"]
