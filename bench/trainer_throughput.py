@@ -7,7 +7,8 @@ tokens/s (job-wide), step time, achieved TFLOP/s, MFU (when the device's peak is
 given) and peak memory. `--repeats N` runs it N times and reports the median of the runs' medians (useful on
 shared CPUs).
 
-Shapes match shared/bench/hf_baseline.py: gpt2-124m (seq 1024, batch 32) and llama-1b = its llama-1.1b
+Shapes match the Hugging Face baseline (hf_baseline.py, kept beside the checkout in ../shared/bench, not in
+this repository): gpt2-124m (seq 1024, batch 32) and llama-1b = its llama-1.1b
 (seq 2048, batch 8); FLOPs/token use the same formula (6 x non-embedding params + 12 x layers x dim x seq).
 
 Examples:
@@ -30,7 +31,7 @@ import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULTS = {  # preset: (seq, sequences per rank per step) as in hf_baseline.py
+DEFAULTS = {  # preset: (seq, sequences per rank per step) as in the HF baseline
     "tiny": (64, 2),
     "gpt2-124m": (1024, 32),
     "llama-1b": (2048, 8),

@@ -166,7 +166,7 @@ def count_params(args: ModelArgs) -> tuple[int, int]:
 def flops_per_token(args: ModelArgs, seq_len: int) -> float:
     """Training FLOPs per token: 6 x non-embedding params + 12 x layers x dim x seq (attention scores).
 
-    Same formula as nanoGPT/torchtitan and shared/bench/hf_baseline.py, so MFU and the baseline compare.
+    Same formula as nanoGPT/torchtitan and our Hugging Face baseline (docs/benchmarks.md), so MFU compares.
     """
     _, non_embedding = count_params(args)
     return 6.0 * non_embedding + 12.0 * args.n_layers * args.dim * seq_len
