@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 from .constants import LABEL_ATTEMPT, LABEL_RANK
+from .timestamps import parse_time
 
 EXIT_BAD_CONFIG = 78
 EXIT_DIVERGED = 79
@@ -43,12 +44,6 @@ class PodView:
     @property
     def finished(self) -> bool:
         return self.phase in ("Succeeded", "Failed")
-
-
-def parse_time(value: str | None) -> datetime | None:
-    if not value:
-        return None
-    return datetime.fromisoformat(value.replace("Z", "+00:00"))
 
 
 def pod_view(body: dict[str, Any]) -> PodView:
