@@ -54,6 +54,14 @@ def pod(rank: int, phase: str = "Running", attempt: int = 0, **fields: Any) -> P
     return PodView(name=f"demo-node-{rank}", rank=rank, attempt=attempt, phase=phase, **{**defaults, **fields})
 
 
+# Node 1 failed through no fault of its own (eviction, preemption, a lost node), with the Restarting reason it gives.
+DISRUPTED_NODE_1 = [
+    (pod(1, "Failed", reason="Evicted", message="node low on memory"), "Evicted"),
+    (pod(1, "Failed", disrupted=True, exit_code=137), "Disrupted"),
+    (pod(1, "Unknown"), "NodeLost"),
+]
+
+
 def seen(*pods: PodView) -> Observed:
     """`pods`, with the job's ConfigMap and Service in place."""
     return Observed(pods=tuple(pods), config_map=True, service=True)

@@ -13,7 +13,7 @@ from llmtrain_operator import controller as controller_module
 from llmtrain_operator.controller import Controller, KubeApi, event_manifest
 from llmtrain_operator.kubeapi import ApiError
 from llmtrain_operator.observe import PodView
-from llmtrain_operator.reconcile import Decision, Event, reconcile
+from llmtrain_operator.reconcile import Decision, Event, JobView, reconcile
 from prometheus_client import REGISTRY
 from reconcile_inputs import NOW, SETTINGS, SPEC
 
@@ -131,6 +131,11 @@ async def until(condition: Callable[[], bool]) -> None:
         await asyncio.sleep(0.005)
 
 
+def unchanged(job_view: JobView) -> Decision:
+    """A decision that changes nothing."""
+    return Decision(status=job_view.status, old_status=job_view.status)
+
+
 def counting(decisions: list[Decision]):
     """A decide function that records reconcile's decisions."""
 
@@ -231,7 +236,7 @@ def test_a_requeue_reconciles_the_job_again_when_due():
 
     def decide(*args: Any) -> Decision:
         calls.append(1)
-        decision = Decision(status=args[0].status, old_status=args[0].status)
+        decision = unchanged(args[0])
         if len(calls) == 1:
             decision.requeue(0.01)
         return decision
@@ -251,7 +256,7 @@ def test_an_earlier_requeue_is_not_postponed_by_a_later_one():
 
     def decide(*args: Any) -> Decision:
         calls.append(1)
-        return Decision(status=args[0].status, old_status=args[0].status)
+        return unchanged(args[0])
 
     async def scenario() -> None:
         controller = make_controller(kube, decide=decide)
@@ -320,7 +325,7 @@ def test_deleting_what_is_already_gone_is_not_an_error():
     gone = [PodView(name=f"demo-node-{rank}", rank=rank, attempt=0, phase="Running") for rank in (0, 1)]
 
     def suspend(*args: Any) -> Decision:
-        decision = Decision(status=args[0].status, old_status=args[0].status)
+        decision = unchanged(args[0])
         decision.deletes = [("Pod", "demo-node-0"), ("Pod", "demo-node-1")]
         return decision
 
@@ -433,7 +438,7 @@ def test_resync_hands_the_latest_progress_sample_to_the_next_reconcile(monkeypat
 
     def decide(*args: Any) -> Decision:
         seen.append(args[4])
-        return Decision(status=args[0].status, old_status=args[0].status)
+        return unchanged(args[0])
 
     async def scenario() -> None:
         controller = make_controller(kube, pods=[rank0], decide=decide)

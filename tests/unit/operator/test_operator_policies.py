@@ -31,6 +31,7 @@ from llmtrain_operator.reconcile import (
 )
 from llmtrain_operator.timestamps import rfc3339
 from reconcile_inputs import (
+    DISRUPTED_NODE_1,
     NOW,
     RESTARTING,
     RUNNING,
@@ -358,14 +359,7 @@ def test_failure_policy_retryable_exit_restarts_the_whole_gang():
     assert decision.status["active"] == 0  # the counts are the new attempt's, which has no pods yet
 
 
-@pytest.mark.parametrize(
-    ("broken", "reason"),
-    [
-        (pod(1, "Failed", reason="Evicted", message="node low on memory"), "Evicted"),
-        (pod(1, "Failed", disrupted=True, exit_code=137), "Disrupted"),
-        (pod(1, "Unknown"), "NodeLost"),
-    ],
-)
+@pytest.mark.parametrize(("broken", "reason"), DISRUPTED_NODE_1)
 def test_failure_policy_eviction_or_node_loss_restarts_the_gang(broken, reason):
     decision = after_failure(RUNNING, pod(0), broken)
     assert decision.status["phase"] == "Restarting" and cond(decision, "Restarting")["reason"] == reason

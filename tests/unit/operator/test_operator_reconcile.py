@@ -14,7 +14,7 @@ from llmtrain_operator.api import Progress
 from llmtrain_operator.observe import pod_view
 from llmtrain_operator.reconcile import Observed, OperatorSettings, merge_patch, reconcile
 from llmtrain_operator.timestamps import rfc3339
-from reconcile_inputs import NOW, RESTARTING, RUNNING, SETTINGS, SPEC, cond, job, kinds, pod, seen
+from reconcile_inputs import DISRUPTED_NODE_1, NOW, RESTARTING, RUNNING, SETTINGS, SPEC, cond, job, kinds, pod, seen
 
 
 def test_new_job_creates_config_service_and_every_node_pod():
@@ -146,14 +146,7 @@ def test_termination_message_with_a_retryable_code_still_restarts():
     assert d.status["phase"] == "Restarting"
 
 
-@pytest.mark.parametrize(
-    ("broken", "reason"),
-    [
-        (pod(1, "Failed", reason="Evicted", message="node low on memory"), "Evicted"),
-        (pod(1, "Failed", disrupted=True, exit_code=137), "Disrupted"),
-        (pod(1, "Unknown"), "NodeLost"),
-    ],
-)
+@pytest.mark.parametrize(("broken", "reason"), DISRUPTED_NODE_1)
 def test_evicted_or_lost_pods_restart_the_gang(broken, reason):
     d = reconcile(job(status=RUNNING), seen(pod(0), broken), NOW, SETTINGS)
     assert d.status["phase"] == "Restarting" and d.status["restarts"] == 1
