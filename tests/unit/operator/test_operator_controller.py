@@ -136,6 +136,19 @@ def unchanged(job_view: JobView) -> Decision:
     return Decision(status=job_view.status, old_status=job_view.status)
 
 
+def recording(calls: list[tuple[Any, ...]], first_requeue: float | None = None):
+    """A decide function that records its arguments and changes nothing (but may requeue the first time)."""
+
+    def decide(*args: Any) -> Decision:
+        calls.append(args)
+        decision = unchanged(args[0])
+        if first_requeue is not None and len(calls) == 1:
+            decision.requeue(first_requeue)
+        return decision
+
+    return decide
+
+
 def counting(decisions: list[Decision]):
     """A decide function that records reconcile's decisions."""
 
@@ -232,17 +245,10 @@ def test_a_burst_of_triggers_during_a_reconcile_is_coalesced_into_one_follow_up(
 def test_a_requeue_reconciles_the_job_again_when_due():
     kube = FakeKube()
     kube.add_job(status={"phase": "Pending"})
-    calls: list[int] = []
-
-    def decide(*args: Any) -> Decision:
-        calls.append(1)
-        decision = unchanged(args[0])
-        if len(calls) == 1:
-            decision.requeue(0.01)
-        return decision
+    calls: list[tuple[Any, ...]] = []
 
     async def scenario() -> None:
-        await make_controller(kube, decide=decide).trigger(KEY)
+        await make_controller(kube, decide=recording(calls, first_requeue=0.01)).trigger(KEY)
         assert len(calls) == 1
         await until(lambda: len(calls) == 2)
 
@@ -252,14 +258,10 @@ def test_a_requeue_reconciles_the_job_again_when_due():
 def test_an_earlier_requeue_is_not_postponed_by_a_later_one():
     kube = FakeKube()
     kube.add_job(status={"phase": "Pending"})
-    calls: list[int] = []
-
-    def decide(*args: Any) -> Decision:
-        calls.append(1)
-        return unchanged(args[0])
+    calls: list[tuple[Any, ...]] = []
 
     async def scenario() -> None:
-        controller = make_controller(kube, decide=decide)
+        controller = make_controller(kube, decide=recording(calls))
         slot = controller.slots.setdefault(KEY, controller_module.JobSlot())
         controller.schedule(KEY, slot, 0.01)
         controller.schedule(KEY, slot, 60)
@@ -434,20 +436,17 @@ def test_resync_hands_the_latest_progress_sample_to_the_next_reconcile(monkeypat
     kube.add_job(status={"phase": "Running", "restarts": 0})
     rank0 = PodView(name="demo-node-0", rank=0, attempt=0, phase="Running", ip="10.0.0.1", owner_uid=UID)
     monkeypatch.setattr(controller_module, "fetch_progress", lambda ip, port: Progress(step=7))
-    seen: list[Any] = []
-
-    def decide(*args: Any) -> Decision:
-        seen.append(args[4])
-        return unchanged(args[0])
+    calls: list[tuple[Any, ...]] = []
 
     async def scenario() -> None:
-        controller = make_controller(kube, pods=[rank0], decide=decide)
+        controller = make_controller(kube, pods=[rank0], decide=recording(calls))
         controller.slots[KEY] = controller_module.JobSlot(phase="Running", uid=UID)
         await controller.resync()
-        await until(lambda: len(seen) == 1)
+        await until(lambda: len(calls) == 1)
 
     run(scenario)
-    assert seen == [Progress(step=7)]
+    [(*_, progress)] = calls
+    assert progress == Progress(step=7)
 
 
 def test_a_background_task_that_dies_is_logged_and_counted(caplog):
