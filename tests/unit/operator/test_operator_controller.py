@@ -483,3 +483,12 @@ def test_handlers_only_register_kopf_handlers_around_a_controller():
     register(registry, Controller(settings=SETTINGS))
     ids = {handler.id for handler in registry._activities.get_all_handlers()}
     assert {"configure", "shutdown", "login"} <= ids
+
+
+def test_every_error_stage_is_exported_from_the_start():
+    from llmtrain_operator.metrics import ERROR_STAGES
+
+    assert all(
+        REGISTRY.get_sample_value("llmtrain_operator_reconcile_errors_total", {"stage": stage}) is not None
+        for stage in ERROR_STAGES
+    )
