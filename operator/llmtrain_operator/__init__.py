@@ -1,1 +1,2 @@
-"""llmtrain operator: the LLMTrainingJob API (api.py), its CRD (crdgen.py) and the kopf controller (handlers.py)."""
+"""llmtrain operator: the LLMTrainingJob API (api.py), its CRD (crdgen.py), reconcile policies (reconcile.py), runtime
+(controller.py) and kopf wiring (handlers.py)."""

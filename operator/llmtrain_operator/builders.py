@@ -172,29 +172,29 @@ def _env(job: JobRef, spec: LLMTrainingJobSpec, rank: int, attempt: int) -> list
         "LLMTRAIN_RESTART_ATTEMPT": attempt,
         TERMINATION_LOG_ENV: DEFAULT_TERMINATION_LOG,
     }
-    env: list[dict[str, Any]] = [{"name": k, "value": str(v)} for k, v in plain.items()]
+    env: list[dict[str, Any]] = [{"name": name, "value": str(value)} for name, value in plain.items()]
     env.append({"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}})
     return env
 
 
 def _resources(spec: LLMTrainingJobSpec) -> dict[str, Any]:
-    requests = {k: str(v) for k, v in spec.resources.requests.items()}
-    limits = {k: str(v) for k, v in spec.resources.limits.items()}
-    out: dict[str, Any] = {}
+    requests = {resource: str(amount) for resource, amount in spec.resources.requests.items()}
+    limits = {resource: str(amount) for resource, amount in spec.resources.limits.items()}
+    resources: dict[str, Any] = {}
     if requests:
-        out["requests"] = requests
+        resources["requests"] = requests
     if limits:
-        out["limits"] = limits
-    return out
+        resources["limits"] = limits
+    return resources
 
 
 def _checkpoint_volume(spec: LLMTrainingJobSpec) -> dict[str, Any] | None:
-    ckpt = spec.checkpoint
-    if ckpt is None:
+    checkpoint = spec.checkpoint
+    if checkpoint is None:
         return None
-    if ckpt.claim_name:
-        return {"name": VOLUME_CHECKPOINTS, "persistentVolumeClaim": {"claimName": ckpt.claim_name}}
-    return {"name": VOLUME_CHECKPOINTS, **(ckpt.volume or {})}
+    if checkpoint.claim_name:
+        return {"name": VOLUME_CHECKPOINTS, "persistentVolumeClaim": {"claimName": checkpoint.claim_name}}
+    return {"name": VOLUME_CHECKPOINTS, **(checkpoint.volume or {})}
 
 
 def build_pod(
@@ -208,17 +208,36 @@ def build_pod(
     """Node pod `rank` of restart `attempt`. `command` replaces torchrun only for the operator's test hook."""
     conflicts = pod_template_conflicts(spec)
     if conflicts:
-        raise SpecError("; ".join(str(e) for e in conflicts))
-    tpl, sched = spec.pod_template, spec.scheduling
+        raise SpecError("; ".join(str(conflict) for conflict in conflicts))
     name = pod_name(job.name, rank)
+    volumes, mounts = _volumes(job, spec)
+    trainer = {
+        **_trainer_container(spec, spec.image or default_image, mounts),
+        "command": command or torchrun_command(job, spec, rank),
+        "env": _env(job, spec, rank, attempt) + [dict(env) for env in spec.pod_template.env],
+    }
+    pod_spec = _pod_spec(job, spec, name, trainer, volumes)
+    if command is None and spec.nodes > 1:
+        security = _container_security()
+        pod_spec["initContainers"] = [wait_for_rendezvous(job, trainer["image"], spec.image_pull_policy, security)]
+    pod_spec.update(_scheduling(spec))
+    metadata = _pod_metadata(job, spec, name, rank, attempt)
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": pod_spec}
 
-    labels = {**tpl.labels, **job_labels(job), LABEL_RANK: str(rank), LABEL_ATTEMPT: str(attempt)}
-    if sched.queue_name:
-        labels[LABEL_KUEUE_QUEUE] = sched.queue_name
+
+def _pod_metadata(job: JobRef, spec: LLMTrainingJobSpec, name: str, rank: int, attempt: int) -> dict[str, Any]:
+    template = spec.pod_template
+    labels = {**template.labels, **job_labels(job), LABEL_RANK: str(rank), LABEL_ATTEMPT: str(attempt)}
+    if spec.scheduling.queue_name:
+        labels[LABEL_KUEUE_QUEUE] = spec.scheduling.queue_name
     metadata = _metadata(job, name, labels)
-    if tpl.annotations:
-        metadata["annotations"] = dict(tpl.annotations)
+    if template.annotations:
+        metadata["annotations"] = dict(template.annotations)
+    return metadata
 
+
+def _volumes(job: JobRef, spec: LLMTrainingJobSpec) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The pod's volumes and the trainer's mounts: config, shared memory, checkpoints, then podTemplate's."""
     volumes: list[dict[str, Any]] = [
         {"name": VOLUME_CONFIG, "configMap": {"name": config_map_name(job.name)}},
         {"name": VOLUME_SHM, "emptyDir": {"medium": "Memory"}},
@@ -227,26 +246,31 @@ def build_pod(
         {"name": VOLUME_CONFIG, "mountPath": CONFIG_DIR, "readOnly": True},
         {"name": VOLUME_SHM, "mountPath": "/dev/shm"},
     ]
-    ckpt_volume = _checkpoint_volume(spec)
-    if ckpt_volume is not None:
-        volumes.append(ckpt_volume)
+    checkpoint_volume = _checkpoint_volume(spec)
+    if checkpoint_volume is not None:
+        volumes.append(checkpoint_volume)
         mounts.append({"name": VOLUME_CHECKPOINTS, "mountPath": CHECKPOINT_DIR})
-    volumes += [dict(v) for v in tpl.volumes]
-    mounts += [dict(m) for m in tpl.volume_mounts]
+    volumes += [dict(volume) for volume in spec.pod_template.volumes]
+    mounts += [dict(mount) for mount in spec.pod_template.volume_mounts]
+    return volumes, mounts
 
-    security = {
+
+def _container_security() -> dict[str, Any]:
+    return {
         "allowPrivilegeEscalation": False,
         "capabilities": {"drop": ["ALL"]},
         "runAsNonRoot": True,
         "runAsUser": RUN_AS_USER,
         "seccompProfile": {"type": "RuntimeDefault"},
     }
-    container: dict[str, Any] = {
+
+
+def _trainer_container(spec: LLMTrainingJobSpec, image: str, mounts: list[dict[str, Any]]) -> dict[str, Any]:
+    """The trainer container, but for its command and env (build_pod adds those)."""
+    return {
         "name": "trainer",
-        "image": spec.image or default_image,
+        "image": image,
         "imagePullPolicy": spec.image_pull_policy,
-        "command": command or torchrun_command(job, spec, rank),
-        "env": _env(job, spec, rank, attempt) + [dict(e) for e in tpl.env],
         "ports": [
             {"name": "rdzv", "containerPort": RDZV_PORT, "protocol": "TCP"},
             {"name": "metrics", "containerPort": spec.metrics.port, "protocol": "TCP"},
@@ -255,9 +279,14 @@ def build_pod(
         "volumeMounts": mounts,
         "terminationMessagePath": DEFAULT_TERMINATION_LOG,
         "terminationMessagePolicy": "FallbackToLogsOnError",
-        "securityContext": security,
+        "securityContext": _container_security(),
     }
-    pod_spec: dict[str, Any] = {
+
+
+def _pod_spec(
+    job: JobRef, spec: LLMTrainingJobSpec, name: str, trainer: dict[str, Any], volumes: list[dict[str, Any]]
+) -> dict[str, Any]:
+    return {
         "hostname": name,
         "subdomain": service_name(job.name),
         "restartPolicy": "Never",
@@ -271,20 +300,20 @@ def build_pod(
             "fsGroup": RUN_AS_USER,
             "seccompProfile": {"type": "RuntimeDefault"},
         },
-        "containers": [container],
+        "containers": [trainer],
         "volumes": volumes,
     }
-    if command is None and spec.nodes > 1:
-        pod_spec["initContainers"] = [
-            wait_for_rendezvous(job, container["image"], spec.image_pull_policy, dict(security))
-        ]
+
+
+def _scheduling(spec: LLMTrainingJobSpec) -> dict[str, Any]:
+    """Pod spec fields from spec.scheduling and podTemplate that are set only when given."""
+    scheduling = spec.scheduling
     optional = {
-        "serviceAccountName": tpl.service_account_name,
-        "schedulerName": sched.scheduler_name,
-        "priorityClassName": sched.priority_class_name,
-        "nodeSelector": dict(sched.node_selector) or None,
-        "tolerations": [dict(t) for t in sched.tolerations] or None,
-        "affinity": sched.affinity,
+        "serviceAccountName": spec.pod_template.service_account_name,
+        "schedulerName": scheduling.scheduler_name,
+        "priorityClassName": scheduling.priority_class_name,
+        "nodeSelector": dict(scheduling.node_selector) or None,
+        "tolerations": [dict(toleration) for toleration in scheduling.tolerations] or None,
+        "affinity": scheduling.affinity,
     }
-    pod_spec.update({k: v for k, v in optional.items() if v})
-    return {"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": pod_spec}
+    return {key: value for key, value in optional.items() if value}

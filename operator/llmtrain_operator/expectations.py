@@ -28,25 +28,23 @@ class Expectations:
     def merge(self, indexed: list[PodView], now: datetime) -> list[PodView]:
         """The index's pods, plus created-but-unseen ones, with deleted-but-still-listed ones marked terminating."""
         self._expire(now)
-        by_name = {p.name: p for p in indexed}
-        out = []
-        for p in indexed:
-            if (p.name, p.attempt) in self._deleted and not p.terminating:
-                p = replace(p, terminating=True)
-            out.append(p)
-            expected = self._created.get(p.name)
-            if expected and expected[0].attempt == p.attempt:
-                del self._created[p.name]  # the watch caught up
-        for name, (pod, _) in list(self._created.items()):
-            if name not in by_name:
-                out.append(pod)
-        live = {(p.name, p.attempt) for p in indexed}
-        for key in [k for k in self._deleted if k not in live]:
+        indexed_names = {pod.name for pod in indexed}
+        merged = []
+        for pod in indexed:
+            if (pod.name, pod.attempt) in self._deleted and not pod.terminating:
+                pod = replace(pod, terminating=True)
+            merged.append(pod)
+            expected = self._created.get(pod.name)
+            if expected and expected[0].attempt == pod.attempt:
+                del self._created[pod.name]  # the watch caught up
+        merged += [pod for name, (pod, _) in self._created.items() if name not in indexed_names]
+        listed = {(pod.name, pod.attempt) for pod in indexed}
+        for key in [key for key in self._deleted if key not in listed]:
             del self._deleted[key]  # gone from the index: the deletion is complete
-        return out
+        return merged
 
     def _expire(self, now: datetime) -> None:
-        for name in [n for n, (_, t) in self._created.items() if now - t > self.ttl]:
+        for name in [name for name, (_, since) in self._created.items() if now - since > self.ttl]:
             del self._created[name]
-        for key in [k for k, t in self._deleted.items() if now - t > self.ttl]:
+        for key in [key for key, since in self._deleted.items() if now - since > self.ttl]:
             del self._deleted[key]

@@ -19,6 +19,7 @@ from .constants import GROUP, PLURAL, VERSION
 from .metrics import API_REQUESTS
 
 log = logging.getLogger(__name__)
+MERGE_PATCH = "application/merge-patch+json"
 
 _PATHS = {
     "Pod": "/api/v1/namespaces/{ns}/pods",
@@ -71,56 +72,61 @@ class KubeClient:
         session = self._ensure()
         data = None if body is None else json.dumps(body)
         headers = {"Content-Type": content_type} if body is not None else {}
-        async with session.request(method, self.info.server.rstrip("/") + path, data=data, headers=headers) as resp:
-            text = await resp.text()
-            API_REQUESTS.labels(method, resource_of(path), str(resp.status)).inc()
+        url = self.info.server.rstrip("/") + path
+        async with session.request(method, url, data=data, headers=headers) as response:
+            text = await response.text()
+            API_REQUESTS.labels(method, resource_of(path), str(response.status)).inc()
             try:
                 payload = json.loads(text) if text else None
             except json.JSONDecodeError:
                 payload = text
-            return resp.status, payload
+            return response.status, payload
 
     @staticmethod
     def path(kind: str, namespace: str, name: str | None = None) -> str:
         base = _PATHS[kind].format(ns=namespace)
         return f"{base}/{name}" if name else base
 
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        what: str,
+        body: Any = None,
+        *,
+        expected: tuple[int, ...] = (),
+        content_type: str = "application/json",
+    ) -> tuple[int, Any]:
+        """One request; a status of 300 or more raises ApiError unless it is one of the `expected` outcomes."""
+        status, payload = await self.request(method, path, body, content_type)
+        if status >= 300 and status not in expected:
+            raise ApiError(status, payload, what)
+        return status, payload
+
     async def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
-        status, body = await self.request("GET", self.path(kind, namespace, name))
-        if status == 404:
-            return None
-        if status >= 300:
-            raise ApiError(status, body, f"get {kind} {namespace}/{name}")
-        return body
+        path = self.path(kind, namespace, name)
+        status, body = await self._call("GET", path, f"get {kind} {namespace}/{name}", expected=(404,))
+        return None if status == 404 else body
 
     async def create(self, manifest: dict[str, Any]) -> bool:
         """Create; False if it already exists (deterministic names make that the idempotent outcome)."""
-        meta = manifest["metadata"]
-        status, body = await self.request("POST", self.path(manifest["kind"], meta["namespace"]), manifest)
-        if status == 409:
-            return False
-        if status >= 300:
-            raise ApiError(status, body, f"create {manifest['kind']} {meta['namespace']}/{meta.get('name')}")
-        return True
+        kind, meta = manifest["kind"], manifest["metadata"]
+        what = f"create {kind} {meta['namespace']}/{meta.get('name')}"
+        status, _ = await self._call("POST", self.path(kind, meta["namespace"]), what, manifest, expected=(409,))
+        return status != 409
 
     async def merge_patch(self, kind: str, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
         """JSON merge patch of an object we own (e.g. a re-rendered config)."""
-        status, body = await self.request(
-            "PATCH", self.path(kind, namespace, name), patch, content_type="application/merge-patch+json"
-        )
-        if status >= 300:
-            raise ApiError(status, body, f"patch {kind} {namespace}/{name}")
+        path, what = self.path(kind, namespace, name), f"patch {kind} {namespace}/{name}"
+        _, body = await self._call("PATCH", path, what, patch, content_type=MERGE_PATCH)
         return body
 
     async def delete(self, kind: str, namespace: str, name: str, propagation: str = "Background") -> bool:
         """Delete; False if it was already gone."""
         options = {"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": propagation}
-        status, body = await self.request("DELETE", self.path(kind, namespace, name), options)
-        if status == 404:
-            return False
-        if status >= 300:
-            raise ApiError(status, body, f"delete {kind} {namespace}/{name}")
-        return True
+        path, what = self.path(kind, namespace, name), f"delete {kind} {namespace}/{name}"
+        status, _ = await self._call("DELETE", path, what, options, expected=(404,))
+        return status != 404
 
     async def patch_job_status(
         self, namespace: str, name: str, patch: dict[str, Any], resource_version: str | None
@@ -130,20 +136,17 @@ class KubeClient:
         if resource_version:
             body["metadata"] = {"resourceVersion": resource_version}
         path = self.path("LLMTrainingJob", namespace, name) + "/status"
-        status, result = await self.request("PATCH", path, body, "application/merge-patch+json")
-        if status in (404, 409):
-            return None
-        if status >= 300:
-            raise ApiError(status, result, f"patch status of {namespace}/{name}")
-        return result
+        what = f"patch status of {namespace}/{name}"
+        status, result = await self._call("PATCH", path, what, body, expected=(404, 409), content_type=MERGE_PATCH)
+        return None if status in (404, 409) else result
 
 
 async def gather_limited(coros: list[Any], limit: int = 16) -> list[Any]:
     """Run coroutines concurrently, at most `limit` at a time; exceptions are returned, not raised."""
-    sem = asyncio.Semaphore(limit)
+    semaphore = asyncio.Semaphore(limit)
 
-    async def one(c: Any) -> Any:
-        async with sem:
-            return await c
+    async def bounded(coro: Any) -> Any:
+        async with semaphore:
+            return await coro
 
-    return await asyncio.gather(*(one(c) for c in coros), return_exceptions=True)
+    return await asyncio.gather(*(bounded(coro) for coro in coros), return_exceptions=True)

@@ -11,7 +11,8 @@ import kopf
 from prometheus_client import start_http_server
 
 from .constants import DEFAULT_TRAINER_IMAGE, DEV_COMMAND_ENV
-from .handlers import Operator, register
+from .controller import Controller
+from .handlers import register
 from .reconcile import OperatorSettings
 
 log = logging.getLogger("llmtrain_operator")
@@ -86,9 +87,9 @@ def main(argv: list[str] | None = None) -> int:
         log.warning("%s=1: jobs may replace torchrun with a dev command (tests only)", DEV_COMMAND_ENV)
     if args.metrics_port:
         start_http_server(args.metrics_port)
-    op = Operator(settings=settings, resync_seconds=args.resync_seconds)
+    controller = Controller(settings=settings, resync_seconds=args.resync_seconds)
     registry = kopf.OperatorRegistry()
-    register(registry, op)
+    register(registry, controller)
     scope = f"namespaces {','.join(args.namespaces)}" if args.namespaces else "cluster-wide"
     log.info("llmtrain-operator starting (%s, trainer image %s)", scope, args.trainer_image)
     kopf.run(

@@ -14,7 +14,15 @@ RECONCILE_SECONDS = Histogram(
     "Time to reconcile one job (read, decide, apply).",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
-RECONCILE_ERRORS = Counter("llmtrain_operator_reconcile_errors_total", "Reconciles that raised an error.")
+ERROR_STAGES = ("observe", "decide", "apply", "progress", "background")
+RECONCILE_ERRORS = Counter(
+    "llmtrain_operator_reconcile_errors_total",
+    "Errors in the operator's work, by stage: observe, decide, apply (one reconcile), progress (the resync's metrics "
+    "read), background (a task that died). Each is also logged with its traceback.",
+    ["stage"],
+)
+for _stage in ERROR_STAGES:
+    RECONCILE_ERRORS.labels(_stage)  # every series exported from the start, at 0, so rate() sees the first error
 API_REQUESTS = Counter(
     "llmtrain_operator_api_requests_total",
     "Kubernetes API requests made by the operator (kopf's own watches not included).",

@@ -13,6 +13,7 @@ from typing import Any, Literal
 from llmtrain_contract.exit_codes import PERMANENT_EXIT_CODES, parse_termination_record
 
 from .constants import LABEL_ATTEMPT, LABEL_RANK
+from .timestamps import parse_time
 
 # Pod-level reasons for a pod that failed through no fault of its own: restart the gang elsewhere.
 DISRUPTION_REASONS = {"Evicted", "NodeLost", "Preempting", "Shutdown", "Terminated", "NodeShutdown", "OutOfpods"}
@@ -41,12 +42,6 @@ class PodView:
     @property
     def finished(self) -> bool:
         return self.phase in ("Succeeded", "Failed")
-
-
-def parse_time(value: str | None) -> datetime | None:
-    if not value:
-        return None
-    return datetime.fromisoformat(value.replace("Z", "+00:00"))
 
 
 def pod_view(body: dict[str, Any]) -> PodView:

@@ -1,15 +1,33 @@
-"""The operator's brain: a pure function from (job, observed children, now) to what to do next.
+"""The operator's brain: a pure function from (job, observed children, now, settings) to what to do next.
 
 Level-triggered and idempotent: the same inputs give the same Decision, and applying a Decision twice is harmless
 (creates use deterministic names, deletes tolerate NotFound). Status is written *before* children are touched, and
 node pods carry the restart attempt they belong to (label llmtrain.dev/attempt == status.restarts), so an operator
 killed between the two steps finds stale pods on restart and deletes them instead of counting a failure twice.
+
+`reconcile` runs the named policies of POLICIES in order over one ReconcileContext; the first policy that settles
+the job's state for this round returns the Decision, later ones never see it:
+
+    terminal_policy          a Failed/Succeeded job: cleanPodPolicy, then ttlSecondsAfterFinished
+    spec_validation_policy   an invalid spec (or dev-command annotation) fails the job with InvalidSpec
+    namesake_policy          wait while a deleted job of the same name still holds the config or Service name
+    config_service_policy    create the ConfigMap and Service when missing
+    suspend_policy           suspend deletes the pods and stops there; resume returns the job to Pending
+    deadline_policy          runPolicy.activeDeadlineSeconds, counted from the current run's start
+    attempt_policy           count the current attempt's pods; delete pods of earlier attempts
+    failure_policy           permanent exit -> Failed; retryable (exit, eviction, node loss) -> gang restart
+                             within backoffLimit, else BackoffLimitExceeded
+    success_policy           every node pod Succeeded -> Succeeded, with rank 0's final progress
+    pod_creation_policy      create the attempt's missing pods once their names are free (config re-rendered)
+    running_policy           every node pod Running -> Running
+    startup_policy           pods Pending past startupTimeoutSeconds get a condition (and a Warning) saying why
 """
 
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -19,8 +37,9 @@ from pydantic import ValidationError
 from .api import TERMINAL_PHASES, Condition, LLMTrainingJobSpec, LLMTrainingJobStatus, Progress, RunPolicy
 from .builders import JobRef, build_config_map, build_pod, build_service
 from .constants import ANNOTATION_DEV_COMMAND, config_map_name, pod_name, service_name
-from .observe import Failure, PodView, classify_failure, parse_time, pending_reason, trainer_report
+from .observe import Failure, PodView, classify_failure, pending_reason, trainer_report
 from .progress import final_progress
+from .timestamps import parse_time, rfc3339
 from .validate import parse_spec, validate_spec
 
 RETRY_SOON = 1.0  # seconds; while pods terminate or names are still taken
@@ -124,10 +143,6 @@ def merge_patch(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
     return patch
 
 
-def rfc3339(t: datetime) -> str:
-    return t.strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def _load_status(raw: dict[str, Any]) -> LLMTrainingJobStatus:
     try:
         return LLMTrainingJobStatus.model_validate(raw)
@@ -135,112 +150,171 @@ def _load_status(raw: dict[str, Any]) -> LLMTrainingJobStatus:
         return LLMTrainingJobStatus()  # a hand-edited status is rebuilt rather than trusted
 
 
-def _dump(status: LLMTrainingJobStatus) -> dict[str, Any]:
+def _status_dict(status: LLMTrainingJobStatus) -> dict[str, Any]:
     return status.model_dump(by_alias=True, exclude_none=True)
 
 
-class _Run:
-    """Mutable working state of one reconcile call; the public entry point is `reconcile`."""
+class ReconcileContext:
+    """One reconcile in progress: its inputs, the status being built from the stored one, and the Decision so far.
 
-    def __init__(self, job: JobView, observed: Observed, now: datetime, settings: OperatorSettings) -> None:
+    Policies read the inputs and change `status` and `decision`; `finish()` seals the status into the Decision.
+    """
+
+    def __init__(
+        self,
+        job: JobView,
+        observed: Observed,
+        now: datetime,
+        settings: OperatorSettings,
+        progress: Progress | None = None,
+    ) -> None:
         self.job, self.observed, self.now, self.settings = job, observed, now, settings
-        self.old = _load_status(job.status)
-        self.st = self.old.model_copy(deep=True)
-        self.st.phase = self.st.phase or "Pending"
-        self.st.observed_generation = job.generation
-        self.decision = Decision(status={}, old_status=_dump(self.old) if job.status else {})
+        stored = _load_status(job.status)
+        self.status = stored.model_copy(deep=True)
+        self.status.phase = self.status.phase or "Pending"
+        self.status.observed_generation = job.generation
+        if progress is not None:
+            self.status.progress = progress
+        self.decision = Decision(status={}, old_status=_status_dict(stored) if job.status else {})
+        self._spec: LLMTrainingJobSpec | None = None
+        self.command: list[str] | None = None  # the dev-command annotation, when the operator honours it
+        self.current: list[PodView] = []  # this attempt's node pods, set by attempt_policy
 
-    # -- helpers ------------------------------------------------------------------------------------------------
-    def condition(self, type_: str, status: str, reason: str, message: str = "") -> None:
-        conds = self.st.conditions
-        for i, c in enumerate(conds):
-            if c.type == type_:
-                when = c.last_transition_time if c.status == status else rfc3339(self.now)
-                conds[i] = Condition(
-                    type=type_, status=status, reason=reason, message=message, last_transition_time=when
-                )
-                return
-        conds.append(
-            Condition(type=type_, status=status, reason=reason, message=message, last_transition_time=rfc3339(self.now))
+    # -- the accepted spec ---------------------------------------------------------------------------------------
+    def accept(self, spec: LLMTrainingJobSpec, command: list[str] | None) -> None:
+        self._spec, self.command = spec, command
+
+    @property
+    def spec(self) -> LLMTrainingJobSpec:
+        if self._spec is None:
+            raise RuntimeError("the spec is read before spec_validation_policy accepted it")
+        return self._spec
+
+    @property
+    def live(self) -> list[PodView]:
+        """This attempt's pods that are not being deleted."""
+        return [pod for pod in self.current if not pod.terminating]
+
+    # -- conditions and events ----------------------------------------------------------------------------------
+    def condition(self, condition_type: str) -> Condition | None:
+        return next((c for c in self.status.conditions if c.type == condition_type), None)
+
+    def set_condition(self, condition_type: str, status: str, reason: str, message: str = "") -> None:
+        """Set a condition; its lastTransitionTime moves only when its status does."""
+        conditions = self.status.conditions
+        index = next((i for i, c in enumerate(conditions) if c.type == condition_type), None)
+        unchanged = index is not None and conditions[index].status == status
+        since = conditions[index].last_transition_time if unchanged else rfc3339(self.now)
+        updated = Condition(
+            type=condition_type, status=status, reason=reason, message=message, last_transition_time=since
         )
+        if index is None:
+            conditions.append(updated)
+        else:
+            conditions[index] = updated
 
     def settle_restarting(self, reason: str, message: str) -> None:
         """A restart in progress ends when the job succeeds or is suspended, not only when pods run again."""
-        restarting = self.get_condition("Restarting")
+        restarting = self.condition("Restarting")
         if restarting is not None and restarting.status == "True":
-            self.condition("Restarting", "False", reason, message)
+            self.set_condition("Restarting", "False", reason, message)
 
-    def get_condition(self, type_: str) -> Condition | None:
-        return next((c for c in self.st.conditions if c.type == type_), None)
+    def event(self, event_type: str, reason: str, message: str) -> None:
+        self.decision.events.append(Event(event_type, reason, message))
 
-    def event(self, type_: str, reason: str, message: str) -> None:
-        self.decision.events.append(Event(type_, reason, message))
-
+    # -- pods ---------------------------------------------------------------------------------------------------
     def delete_pods(self, pods: list[PodView]) -> None:
-        for p in pods:
-            if not p.terminating and ("Pod", p.name) not in self.decision.deletes:
-                self.decision.deletes.append(("Pod", p.name))
+        for pod in pods:
+            if not pod.terminating and ("Pod", pod.name) not in self.decision.deletes:
+                self.decision.deletes.append(("Pod", pod.name))
 
-    def finish(self) -> Decision:
-        self.decision.status = _dump(self.st)
-        return self.decision
-
-    def count(self, nodes: int | None = None) -> list[PodView]:
+    def count_pods(self, nodes: int | None = None) -> list[PodView]:
         """Update the node counts from the current attempt's pods (ranks below `nodes`), and return those pods."""
         current = [
-            p
-            for p in self.observed.pods
-            if p.attempt == self.st.restarts and p.rank >= 0 and (nodes is None or p.rank < nodes)
+            pod
+            for pod in self.observed.pods
+            if pod.attempt == self.status.restarts and pod.rank >= 0 and (nodes is None or pod.rank < nodes)
         ]
-        self.st.active = sum(1 for p in current if not p.finished and not p.terminating)
-        self.st.ready = sum(1 for p in current if p.ready and not p.terminating)
-        self.st.succeeded = sum(1 for p in current if p.phase == "Succeeded")
-        self.st.failed = sum(1 for p in current if p.phase == "Failed")
+        self.status.active = sum(1 for pod in current if not pod.finished and not pod.terminating)
+        self.status.ready = sum(1 for pod in current if pod.ready and not pod.terminating)
+        self.status.succeeded = sum(1 for pod in current if pod.phase == "Succeeded")
+        self.status.failed = sum(1 for pod in current if pod.phase == "Failed")
         return current
 
-    # -- terminal -----------------------------------------------------------------------------------------------
-    def fail(self, reason: str, message: str, policy: RunPolicy, kill_all: bool = False) -> Decision:
-        self.st.phase = "Failed"
-        self.st.completion_time = rfc3339(self.now)
-        self.condition("Failed", "True", reason, message)
-        self.condition("Running", "False", reason, message)
-        if self.get_condition("Restarting"):
-            self.condition("Restarting", "False", reason, message)
-        self.event("Warning", reason, message)
-        if kill_all:
-            self.delete_pods([p for p in self.observed.pods if not p.finished])
-        return self.terminal(policy)
+    def finish(self) -> Decision:
+        self.decision.status = _status_dict(self.status)
+        return self.decision
 
-    def succeed(self, policy: RunPolicy, nodes: int, pods: list[PodView]) -> Decision:
-        self.st.phase = "Succeeded"
-        summary = next((r for p in pods if (r := trainer_report(p.termination_message)) and "step" in r), None)
-        if summary is not None:
-            self.st.progress = final_progress(self.st.progress, summary)
-        self.st.completion_time = rfc3339(self.now)
-        message = f"all {nodes} node pods succeeded"
-        self.condition("Succeeded", "True", "AllNodesSucceeded", message)
-        self.condition("Running", "False", "Completed", message)
-        self.settle_restarting("Completed", message)
-        self.event("Normal", "Succeeded", message)
-        return self.terminal(policy)
 
-    def terminal(self, policy: RunPolicy) -> Decision:
-        """cleanPodPolicy and ttlSecondsAfterFinished for a job that has finished."""
-        pods = list(self.observed.pods)
-        if policy.clean_pod_policy == "All":
-            self.delete_pods(pods)
-        elif policy.clean_pod_policy == "Running":
-            self.delete_pods([p for p in pods if not p.finished])
-        self.count()
-        self.st.active = 0
-        ttl, done = policy.ttl_seconds_after_finished, parse_time(self.st.completion_time)
-        if ttl is not None and done is not None:
-            left = (done + timedelta(seconds=ttl) - self.now).total_seconds()
-            if left <= 0:
-                self.decision.delete_job = True
-            else:
-                self.decision.requeue(left)
-        return self.finish()
+Policy = Callable[[ReconcileContext], Decision | None]  # a Decision ends this round; None hands on to the next
+
+
+def reconcile(
+    job: JobView,
+    observed: Observed,
+    now: datetime,
+    settings: OperatorSettings,
+    progress: Progress | None = None,
+) -> Decision:
+    """Decide the next step for one job. Pure: no I/O, no clock, no randomness."""
+    ctx = ReconcileContext(job, observed, now, settings, progress)
+    for policy in POLICIES:
+        decision = policy(ctx)
+        if decision is not None:
+            return decision
+    return ctx.finish()
+
+
+# -- ending a job ---------------------------------------------------------------------------------------------------
+
+
+def fail_job(ctx: ReconcileContext, reason: str, message: str, policy: RunPolicy, stop_pods: bool = False) -> Decision:
+    """Failed, with the reason on the Failed condition and a Warning event; `stop_pods` deletes unfinished pods."""
+    ctx.status.phase = "Failed"
+    ctx.status.completion_time = rfc3339(ctx.now)
+    ctx.set_condition("Failed", "True", reason, message)
+    ctx.set_condition("Running", "False", reason, message)
+    if ctx.condition("Restarting") is not None:
+        ctx.set_condition("Restarting", "False", reason, message)
+    ctx.event("Warning", reason, message)
+    if stop_pods:
+        ctx.delete_pods([pod for pod in ctx.observed.pods if not pod.finished])
+    return finish_job(ctx, policy)
+
+
+def succeed_job(ctx: ReconcileContext, policy: RunPolicy, pods: list[PodView]) -> Decision:
+    """Succeeded; progress is completed from the exit summary a rank wrote to its termination message."""
+    ctx.status.phase = "Succeeded"
+    reports = (trainer_report(pod.termination_message) for pod in pods)
+    summary = next((report for report in reports if report and "step" in report), None)
+    if summary is not None:
+        ctx.status.progress = final_progress(ctx.status.progress, summary)
+    ctx.status.completion_time = rfc3339(ctx.now)
+    message = f"all {len(pods)} node pods succeeded"
+    ctx.set_condition("Succeeded", "True", "AllNodesSucceeded", message)
+    ctx.set_condition("Running", "False", "Completed", message)
+    ctx.settle_restarting("Completed", message)
+    ctx.event("Normal", "Succeeded", message)
+    return finish_job(ctx, policy)
+
+
+def finish_job(ctx: ReconcileContext, policy: RunPolicy) -> Decision:
+    """cleanPodPolicy and ttlSecondsAfterFinished for a job that has finished."""
+    pods = list(ctx.observed.pods)
+    if policy.clean_pod_policy == "All":
+        ctx.delete_pods(pods)
+    elif policy.clean_pod_policy == "Running":
+        ctx.delete_pods([pod for pod in pods if not pod.finished])
+    ctx.count_pods()
+    ctx.status.active = 0
+    ttl, completed = policy.ttl_seconds_after_finished, parse_time(ctx.status.completion_time)
+    if ttl is not None and completed is not None:
+        left = (completed + timedelta(seconds=ttl) - ctx.now).total_seconds()
+        if left <= 0:
+            ctx.decision.delete_job = True
+        else:
+            ctx.decision.requeue(left)
+    return ctx.finish()
 
 
 def _run_policy(raw_spec: dict[str, Any]) -> RunPolicy:
@@ -255,173 +329,242 @@ def _dev_command(job: JobView, settings: OperatorSettings) -> list[str] | None:
     if not (settings.allow_dev_command and raw):
         return None
     command = json.loads(raw)
-    if not (isinstance(command, list) and all(isinstance(c, str) for c in command)):
+    if not (isinstance(command, list) and all(isinstance(part, str) for part in command)):
         raise ValueError(f"annotation {ANNOTATION_DEV_COMMAND} must be a JSON list of strings")
     return command
 
 
-def reconcile(
-    job: JobView,
-    observed: Observed,
-    now: datetime,
-    settings: OperatorSettings,
-    progress: Progress | None = None,
-) -> Decision:
-    """Decide the next step for one job. Pure: no I/O, no clock, no randomness."""
-    run = _Run(job, observed, now, settings)
-    if progress is not None:
-        run.st.progress = progress
+# -- the policies, in the order reconcile applies them ---------------------------------------------------------------
 
-    if run.st.phase in TERMINAL_PHASES:
-        return run.terminal(_run_policy(job.spec))
 
-    spec, errors = parse_spec(job.spec)
+def terminal_policy(ctx: ReconcileContext) -> Decision | None:
+    """A finished job stays finished: later pod failures and spec edits are ignored; pods are cleaned, TTL runs."""
+    if ctx.status.phase not in TERMINAL_PHASES:
+        return None
+    return finish_job(ctx, _run_policy(ctx.job.spec))
+
+
+def spec_validation_policy(ctx: ReconcileContext) -> Decision | None:
+    """A spec the schema let through but the operator cannot run fails the job once, with every error listed."""
+    spec, errors = parse_spec(ctx.job.spec)
     if spec is not None:
         errors = validate_spec(spec)
     if errors or spec is None:
-        message = "; ".join(str(e) for e in errors)
-        return run.fail("InvalidSpec", f"invalid spec: {message}", _run_policy(job.spec), kill_all=True)
+        message = "; ".join(str(error) for error in errors)
+        return fail_job(ctx, "InvalidSpec", f"invalid spec: {message}", _run_policy(ctx.job.spec), stop_pods=True)
     try:
-        command = _dev_command(job, settings)
-    except (ValueError, json.JSONDecodeError) as e:
-        return run.fail("InvalidSpec", f"invalid spec: {e}", spec.run_policy, kill_all=True)
-    return _reconcile_active(run, spec, command)
+        command = _dev_command(ctx.job, ctx.settings)
+    except (ValueError, json.JSONDecodeError) as error:
+        return fail_job(ctx, "InvalidSpec", f"invalid spec: {error}", spec.run_policy, stop_pods=True)
+    ctx.accept(spec, command)
+    return None
 
 
-def _reconcile_active(run: _Run, spec: LLMTrainingJobSpec, command: list[str] | None) -> Decision:
-    job, observed, now, st, decision = run.job, run.observed, run.now, run.st, run.decision
-    policy, nodes = spec.run_policy, spec.nodes
+def namesake_policy(ctx: ReconcileContext) -> Decision | None:
+    """While a deleted job of the same name still owns the config or the Service, wait for the garbage collector.
 
-    if observed.taken & {config_map_name(job.name), service_name(job.name)}:
-        # A deleted job of the same name still owns the config or the Service: pods started now would read its
-        # config. Wait for the garbage collector.
-        decision.requeue(RETRY_SOON)
-        return run.finish()
-    if not observed.config_map:
-        decision.creates.append(build_config_map(job.ref, spec))
-    if not observed.service:
-        decision.creates.append(build_service(job.ref, spec))
+    Pods started now would read the deleted job's config.
+    """
+    if ctx.observed.taken & {config_map_name(ctx.job.name), service_name(ctx.job.name)}:
+        ctx.decision.requeue(RETRY_SOON)
+        return ctx.finish()
+    return None
 
-    # Suspend: pods go, everything else stays; resume recreates them (this is how Kueue admits jobs).
-    if policy.suspend:
-        run.delete_pods(list(observed.pods))
-        if st.phase != "Suspended":
-            st.phase = "Suspended"
-            st.start_time = None
-            run.condition("Suspended", "True", "JobSuspended", "spec.runPolicy.suspend is true; node pods deleted")
-            run.condition("Running", "False", "JobSuspended", "suspended")
-            run.settle_restarting("JobSuspended", "suspended; the next attempt starts on resume")
-            run.event("Normal", "Suspended", "job suspended: node pods deleted")
-        run.count(nodes)
-        if any(p.terminating for p in observed.pods):
-            decision.requeue(RETRY_SOON)
-        return run.finish()
-    if st.phase == "Suspended":
-        st.phase = "Pending"
-        run.condition("Suspended", "False", "Resumed", "spec.runPolicy.suspend is false")
-        run.event("Normal", "Resumed", "job resumed: recreating node pods")
 
-    # Deadline: counted from the start of the current (unsuspended) run.
-    started = parse_time(st.start_time)
-    if policy.active_deadline_seconds and started is not None:
-        left = (started + timedelta(seconds=policy.active_deadline_seconds) - now).total_seconds()
-        if left <= 0:
-            message = f"job ran longer than runPolicy.activeDeadlineSeconds={policy.active_deadline_seconds}"
-            return run.fail("DeadlineExceeded", message, policy, kill_all=True)
-        decision.requeue(left)
+def config_service_policy(ctx: ReconcileContext) -> Decision | None:
+    """The ConfigMap and the headless Service exist whenever the job is not finished, suspended ones included."""
+    if not ctx.observed.config_map:
+        ctx.decision.creates.append(build_config_map(ctx.job.ref, ctx.spec))
+    if not ctx.observed.service:
+        ctx.decision.creates.append(build_service(ctx.job.ref, ctx.spec))
+    return None
 
-    current = run.count(nodes)
-    stale = [p for p in observed.pods if p not in current]
-    run.delete_pods(stale)
-    live = [p for p in current if not p.terminating]
 
-    # Failures of the current attempt: permanent ones end the job, others restart the whole gang.
-    broken = sorted((p for p in live if p.phase in ("Failed", "Unknown")), key=lambda p: p.rank)
-    failures = [classify_failure(p) for p in broken]
-    present = {p.rank for p in current}
-    if st.phase == "Running":
-        failures += [
-            Failure("retryable", "PodLost", f"node {r} ({pod_name(job.name, r)}) disappeared while running")
-            for r in range(nodes)
-            if r not in present
-        ]
-    permanent = [f for f in failures if f.kind == "permanent"]
+def suspend_policy(ctx: ReconcileContext) -> Decision | None:
+    """Suspend: pods go, everything else stays; resume recreates them (this is how Kueue admits jobs)."""
+    if ctx.spec.run_policy.suspend:
+        return _suspend(ctx)
+    if ctx.status.phase == "Suspended":
+        ctx.status.phase = "Pending"
+        ctx.set_condition("Suspended", "False", "Resumed", "spec.runPolicy.suspend is false")
+        ctx.event("Normal", "Resumed", "job resumed: recreating node pods")
+    return None
+
+
+def _suspend(ctx: ReconcileContext) -> Decision:
+    ctx.delete_pods(list(ctx.observed.pods))
+    if ctx.status.phase != "Suspended":
+        ctx.status.phase = "Suspended"
+        ctx.status.start_time = None
+        ctx.set_condition("Suspended", "True", "JobSuspended", "spec.runPolicy.suspend is true; node pods deleted")
+        ctx.set_condition("Running", "False", "JobSuspended", "suspended")
+        ctx.settle_restarting("JobSuspended", "suspended; the next attempt starts on resume")
+        ctx.event("Normal", "Suspended", "job suspended: node pods deleted")
+    ctx.count_pods(ctx.spec.nodes)
+    if any(pod.terminating for pod in ctx.observed.pods):
+        ctx.decision.requeue(RETRY_SOON)
+    return ctx.finish()
+
+
+def deadline_policy(ctx: ReconcileContext) -> Decision | None:
+    """activeDeadlineSeconds, counted from the start of the current (unsuspended) run: fail when due, else requeue."""
+    policy = ctx.spec.run_policy
+    started = parse_time(ctx.status.start_time)
+    if not policy.active_deadline_seconds or started is None:
+        return None
+    left = (started + timedelta(seconds=policy.active_deadline_seconds) - ctx.now).total_seconds()
+    if left <= 0:
+        message = f"job ran longer than runPolicy.activeDeadlineSeconds={policy.active_deadline_seconds}"
+        return fail_job(ctx, "DeadlineExceeded", message, policy, stop_pods=True)
+    ctx.decision.requeue(left)
+    return None
+
+
+def attempt_policy(ctx: ReconcileContext) -> Decision | None:
+    """Only the current attempt's pods (attempt label == status.restarts) count; earlier attempts' pods go."""
+    ctx.current = ctx.count_pods(ctx.spec.nodes)
+    ctx.delete_pods([pod for pod in ctx.observed.pods if pod not in ctx.current])
+    return None
+
+
+def failure_policy(ctx: ReconcileContext) -> Decision | None:
+    """Failures of the current attempt: permanent ones end the job, others restart the whole gang."""
+    failures = attempt_failures(ctx)
+    permanent = [failure for failure in failures if failure.kind == "permanent"]
+    policy = ctx.spec.run_policy
     if permanent:
-        return run.fail(permanent[0].reason, permanent[0].message, policy, kill_all=True)
-    if failures:
-        first = failures[0]
-        if st.restarts >= policy.backoff_limit:
-            message = f"{first.message}; backoffLimit {policy.backoff_limit} reached after {st.restarts} restarts"
-            return run.fail("BackoffLimitExceeded", message, policy, kill_all=True)
-        st.restarts += 1
-        st.phase = "Restarting"
-        message = f"gang restart {st.restarts}/{policy.backoff_limit}: {first.message}"
-        run.condition("Restarting", "True", first.reason, message)
-        run.condition("Running", "False", "GangRestart", message)
-        run.event("Normal", "GangRestart", message)
-        run.delete_pods(list(observed.pods))
-        run.count(nodes)
-        decision.requeue(RETRY_SOON)
-        return run.finish()
+        return fail_job(ctx, permanent[0].reason, permanent[0].message, policy, stop_pods=True)
+    if not failures:
+        return None
+    first = failures[0]
+    if ctx.status.restarts >= policy.backoff_limit:
+        message = f"{first.message}; backoffLimit {policy.backoff_limit} reached after {ctx.status.restarts} restarts"
+        return fail_job(ctx, "BackoffLimitExceeded", message, policy, stop_pods=True)
+    return _gang_restart(ctx, first)
 
-    if len(current) == nodes and all(p.phase == "Succeeded" for p in current):
-        return run.succeed(policy, nodes, current)
 
-    # Create the missing node pods of this attempt once their names are free.
-    taken = {p.name for p in observed.pods} | observed.taken
-    missing = [r for r in range(nodes) if r not in present]
-    creatable = [r for r in missing if pod_name(job.name, r) not in taken]
-    if creatable and observed.config is not None:
-        # A new attempt (first pods, gang restart, resume) trains on the spec as it is now, edits included.
-        desired = build_config_map(job.ref, spec)
-        if desired["data"] != observed.config:
-            decision.updates.append(desired)
-            run.event("Normal", "ConfigUpdated", "trainer config re-rendered from the edited spec for the new pods")
+def attempt_failures(ctx: ReconcileContext) -> list[Failure]:
+    """Failed or lost pods by rank, then ranks whose pod vanished while the job was Running."""
+    broken = sorted((pod for pod in ctx.live if pod.phase in ("Failed", "Unknown")), key=lambda pod: pod.rank)
+    failures = [classify_failure(pod) for pod in broken]
+    if ctx.status.phase == "Running":
+        present = {pod.rank for pod in ctx.current}
+        failures += [
+            Failure("retryable", "PodLost", f"node {rank} ({pod_name(ctx.job.name, rank)}) disappeared while running")
+            for rank in range(ctx.spec.nodes)
+            if rank not in present
+        ]
+    return failures
+
+
+def _gang_restart(ctx: ReconcileContext, cause: Failure) -> Decision:
+    """Start the next attempt: every pod goes; pod_creation_policy recreates them once their names are free."""
+    ctx.status.restarts += 1
+    ctx.status.phase = "Restarting"
+    message = f"gang restart {ctx.status.restarts}/{ctx.spec.run_policy.backoff_limit}: {cause.message}"
+    ctx.set_condition("Restarting", "True", cause.reason, message)
+    ctx.set_condition("Running", "False", "GangRestart", message)
+    ctx.event("Normal", "GangRestart", message)
+    ctx.delete_pods(list(ctx.observed.pods))
+    ctx.count_pods(ctx.spec.nodes)
+    ctx.decision.requeue(RETRY_SOON)
+    return ctx.finish()
+
+
+def success_policy(ctx: ReconcileContext) -> Decision | None:
+    """The job succeeds when every node pod of the current attempt has succeeded (one alone is not enough)."""
+    current = ctx.current
+    if len(current) == ctx.spec.nodes and all(pod.phase == "Succeeded" for pod in current):
+        return succeed_job(ctx, ctx.spec.run_policy, current)
+    return None
+
+
+def pod_creation_policy(ctx: ReconcileContext) -> Decision | None:
+    """Create the missing node pods of this attempt once their names are free (requeue while they are not)."""
+    status, nodes = ctx.status, ctx.spec.nodes
+    taken = {pod.name for pod in ctx.observed.pods} | ctx.observed.taken
+    present = {pod.rank for pod in ctx.current}
+    missing = [rank for rank in range(nodes) if rank not in present]
+    creatable = [rank for rank in missing if pod_name(ctx.job.name, rank) not in taken]
+    if creatable:
+        _rerender_config(ctx)
     for rank in creatable:
-        decision.creates.append(build_pod(job.ref, spec, rank, st.restarts, run.settings.default_image, command))
-    st.active += len(creatable)  # count them now, so this decision's status write is not followed by another
-    if creatable and st.start_time is None:
-        st.start_time = rfc3339(now)
-    if len(creatable) < len(missing) or any(p.terminating for p in observed.pods):
-        decision.requeue(RETRY_SOON)
-    created = run.get_condition("Created")
+        pod = build_pod(ctx.job.ref, ctx.spec, rank, status.restarts, ctx.settings.default_image, ctx.command)
+        ctx.decision.creates.append(pod)
+    status.active += len(creatable)  # count them now, so this decision's status write is not followed by another
+    if creatable and status.start_time is None:
+        status.start_time = rfc3339(ctx.now)
+    if len(creatable) < len(missing) or any(pod.terminating for pod in ctx.observed.pods):
+        ctx.decision.requeue(RETRY_SOON)
+    created = ctx.condition("Created")
     if creatable and (created is None or created.status != "True"):
         message = f"created config, service and {nodes} node pods"
-        run.condition("Created", "True", "ChildrenCreated", message)
-        run.event("Normal", "Created", message)
-
-    running = [p for p in live if p.phase == "Running"]
-    if len(running) == nodes:
-        if st.phase != "Running":
-            message = f"all {nodes} node pods running"
-            if st.phase == "Restarting":
-                run.condition("Restarting", "False", "Recovered", f"gang restarted {st.restarts} times")
-            st.phase = "Running"
-            run.condition("Running", "True", "AllNodesRunning", message)
-            run.event("Normal", "Running", message)
-        return run.finish()
-
-    _diagnose_pending(run, live, policy)
-    return run.finish()
+        ctx.set_condition("Created", "True", "ChildrenCreated", message)
+        ctx.event("Normal", "Created", message)
+    return None
 
 
-def _diagnose_pending(run: _Run, live: list[PodView], policy: RunPolicy) -> None:
+def _rerender_config(ctx: ReconcileContext) -> None:
+    """A new attempt (first pods, gang restart, resume) trains on the spec as it is now, edits included."""
+    if ctx.observed.config is None:
+        return  # not read this round: the ConfigMap is being created with this spec, or pods exist already
+    desired = build_config_map(ctx.job.ref, ctx.spec)
+    if desired["data"] != ctx.observed.config:
+        ctx.decision.updates.append(desired)
+        ctx.event("Normal", "ConfigUpdated", "trainer config re-rendered from the edited spec for the new pods")
+
+
+def running_policy(ctx: ReconcileContext) -> Decision | None:
+    """Every node pod Running makes the job Running (and ends a gang restart); nothing else to check then."""
+    nodes = ctx.spec.nodes
+    if len([pod for pod in ctx.live if pod.phase == "Running"]) != nodes:
+        return None
+    status = ctx.status
+    if status.phase != "Running":
+        message = f"all {nodes} node pods running"
+        if status.phase == "Restarting":
+            ctx.set_condition("Restarting", "False", "Recovered", f"gang restarted {status.restarts} times")
+        status.phase = "Running"
+        ctx.set_condition("Running", "True", "AllNodesRunning", message)
+        ctx.event("Normal", "Running", message)
+    return ctx.finish()
+
+
+def startup_policy(ctx: ReconcileContext) -> Decision | None:
     """Pods Pending past the startup timeout get a condition message (and one Warning event) saying why."""
-    timeout = timedelta(seconds=policy.startup_timeout_seconds)
+    timeout_seconds = ctx.spec.run_policy.startup_timeout_seconds
+    timeout = timedelta(seconds=timeout_seconds)
     late: list[PodView] = []
-    for p in live:
-        if p.phase != "Pending" or p.created is None:
+    for pod in ctx.live:
+        if pod.phase != "Pending" or pod.created is None:
             continue
-        overdue = run.now - (p.created + timeout)
+        overdue = ctx.now - (pod.created + timeout)
         if overdue.total_seconds() >= 0:
-            late.append(p)
+            late.append(pod)
         else:
-            run.decision.requeue(math.ceil(-overdue.total_seconds()))
+            ctx.decision.requeue(math.ceil(-overdue.total_seconds()))
     if not late:
-        return
-    reason, message = pending_reason(sorted(late, key=lambda p: p.rank)[0])
-    message = f"{len(late)} node pod(s) Pending over {policy.startup_timeout_seconds}s; {message}"
-    old = run.get_condition("Running")
-    if old is None or old.reason != reason or old.message != message:
-        run.event("Warning", reason, message)
-    run.condition("Running", "False", reason, message)
+        return None
+    reason, message = pending_reason(min(late, key=lambda pod: pod.rank))
+    message = f"{len(late)} node pod(s) Pending over {timeout_seconds}s; {message}"
+    running = ctx.condition("Running")
+    if running is None or running.reason != reason or running.message != message:
+        ctx.event("Warning", reason, message)
+    ctx.set_condition("Running", "False", reason, message)
+    return None
+
+
+POLICIES: tuple[Policy, ...] = (
+    terminal_policy,
+    spec_validation_policy,
+    namesake_policy,
+    config_service_policy,
+    suspend_policy,
+    deadline_policy,
+    attempt_policy,
+    failure_policy,
+    success_policy,
+    pod_creation_policy,
+    running_policy,
+    startup_policy,
+)

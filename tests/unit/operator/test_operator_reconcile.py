@@ -1,57 +1,20 @@
-"""reconcile(): every transition of the job state machine, from pure inputs to a Decision."""
+"""reconcile() end to end: every transition of the job state machine, from pure inputs to a Decision.
+
+Each policy on its own: test_operator_policies.py.
+"""
 
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import pytest
 from llmtrain_operator.api import Progress
-from llmtrain_operator.observe import PodView, pod_view
-from llmtrain_operator.reconcile import JobView, Observed, OperatorSettings, merge_patch, reconcile, rfc3339
-
-NOW = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
-SETTINGS = OperatorSettings(default_image="trainer:test")
-SPEC: dict[str, Any] = {
-    "nodes": 2,
-    "procsPerNode": 1,
-    "model": {"preset": "tiny"},
-    "training": {"steps": 10, "globalBatchSize": 2},
-    "runPolicy": {"backoffLimit": 2},
-}
-
-
-def job(status: dict[str, Any] | None = None, annotations: dict[str, str] | None = None, **spec: Any) -> JobView:
-    run_policy = {**SPEC["runPolicy"], **spec.pop("runPolicy", {})}
-    return JobView(
-        name="demo",
-        namespace="ns",
-        uid="uid-1",
-        spec={**SPEC, **spec, "runPolicy": run_policy},
-        status=status or {},
-        annotations=annotations or {},
-    )
-
-
-def pod(rank: int, phase: str = "Running", attempt: int = 0, **kw: Any) -> PodView:
-    defaults = {"ready": phase == "Running", "created": NOW - timedelta(seconds=5)}
-    return PodView(name=f"demo-node-{rank}", rank=rank, attempt=attempt, phase=phase, **{**defaults, **kw})
-
-
-def seen(*pods: PodView) -> Observed:
-    return Observed(pods=tuple(pods), config_map=True, service=True)
-
-
-RUNNING = {"phase": "Running", "restarts": 0, "startTime": rfc3339(NOW - timedelta(minutes=5))}
-
-
-def cond(decision, type_: str) -> dict[str, Any]:
-    return next(c for c in decision.status["conditions"] if c["type"] == type_)
-
-
-def kinds(decision) -> list[str]:
-    return [m["kind"] for m in decision.creates]
+from llmtrain_operator.observe import pod_view
+from llmtrain_operator.reconcile import Observed, OperatorSettings, merge_patch, reconcile
+from llmtrain_operator.timestamps import rfc3339
+from reconcile_inputs import DISRUPTED_NODE_1, NOW, RESTARTING, RUNNING, SETTINGS, SPEC, cond, job, kinds, pod, seen
 
 
 def test_new_job_creates_config_service_and_every_node_pod():
@@ -183,14 +146,7 @@ def test_termination_message_with_a_retryable_code_still_restarts():
     assert d.status["phase"] == "Restarting"
 
 
-@pytest.mark.parametrize(
-    ("broken", "reason"),
-    [
-        (pod(1, "Failed", reason="Evicted", message="node low on memory"), "Evicted"),
-        (pod(1, "Failed", disrupted=True, exit_code=137), "Disrupted"),
-        (pod(1, "Unknown"), "NodeLost"),
-    ],
-)
+@pytest.mark.parametrize(("broken", "reason"), DISRUPTED_NODE_1)
 def test_evicted_or_lost_pods_restart_the_gang(broken, reason):
     d = reconcile(job(status=RUNNING), seen(pod(0), broken), NOW, SETTINGS)
     assert d.status["phase"] == "Restarting" and d.status["restarts"] == 1
@@ -396,13 +352,6 @@ def test_pod_view_records_its_controlling_owner():
 
 
 # ----- the Restarting condition ends with the restart -----
-
-RESTARTING = {
-    **RUNNING,
-    "phase": "Restarting",
-    "restarts": 1,
-    "conditions": [{"type": "Restarting", "status": "True", "reason": "PodFailed", "lastTransitionTime": rfc3339(NOW)}],
-}
 
 
 def test_success_straight_from_restarting_clears_the_restarting_condition():

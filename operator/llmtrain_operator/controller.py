@@ -1,0 +1,391 @@
+"""The operator's runtime: triggers in, `reconcile()` decisions applied out, over a narrow Kubernetes client.
+
+* A trigger (a job event, a pod event, a requeue, the resync) asks for a reconcile of one job; triggers that arrive
+  while one runs are coalesced into a single follow-up run (a 64-pod gang emits hundreds of pod events).
+* Node pods come from an index (kopf's, keyed by (namespace, job name)) of PodViews, so a reconcile lists nothing.
+* Children of a deleted job with the same name (a namesake) are told apart by their controlling owner's uid: they
+  are never adopted, but their names stay taken until the garbage collector removes them.
+* Apply order: status first (conditional on resourceVersion), then deletes, config updates, creates, events. A
+  conflict means another write raced us: drop the decision and reconcile again from fresh state. Creates and
+  deletes are idempotent: AlreadyExists and NotFound are outcomes, not errors.
+* A failure anywhere is logged with its traceback and counted in llmtrain_operator_reconcile_errors_total{stage},
+  then retried; nothing is swallowed.
+
+No kopf here: handlers.py registers the kopf handlers that drive a Controller.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from . import metrics
+from .api import TERMINAL_PHASES, Progress
+from .constants import GROUP, KIND, VERSION, config_map_name, service_name
+from .expectations import Expectations
+from .kubeapi import ApiError, gather_limited
+from .observe import PodView, controller_uid, pod_view
+from .progress import fetch_progress
+from .reconcile import Decision, Event, JobView, Observed, OperatorSettings, reconcile
+from .timestamps import rfc3339
+
+log = logging.getLogger("llmtrain_operator")
+Key = tuple[str, str]  # (namespace, job name)
+PodIndex = Mapping[Key, Iterable[PodView]]  # kopf.Index[Key, PodView] in the operator, a dict in tests
+Decide = Callable[[JobView, Observed, datetime, OperatorSettings, Progress | None], Decision]
+
+ERROR_RETRY_SECONDS = 5.0  # after a failed reconcile
+CONFLICT_PAUSE_SECONDS = 0.05  # before re-reading a job whose status write lost a race
+WRITE_CONCURRENCY = 64  # creates or deletes in flight per job
+
+
+class KubeApi(Protocol):
+    """The few Kubernetes calls the controller makes (kubeapi.KubeClient in the operator)."""
+
+    async def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        """The object, or None if there is none."""
+
+    async def create(self, manifest: dict[str, Any]) -> bool:
+        """True if created, False if it already existed (409)."""
+
+    async def merge_patch(self, kind: str, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
+        """JSON merge patch of an object."""
+
+    async def delete(self, kind: str, namespace: str, name: str) -> bool:
+        """True if deleted, False if it was already gone (404)."""
+
+    async def patch_job_status(
+        self, namespace: str, name: str, patch: dict[str, Any], resource_version: str | None
+    ) -> dict[str, Any] | None:
+        """Merge-patch a job's status if its resourceVersion is still this one; None on a conflict or 404."""
+
+    async def close(self) -> None:
+        """Release connections."""
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class JobSlot:
+    """What the controller keeps per job between reconciles: coalescing state and caches of what it wrote."""
+
+    running: bool = False
+    dirty: bool = False
+    requeue: asyncio.TimerHandle | None = None
+    requeue_at: float = 0.0
+    uid: str = ""
+    known_children: set[str] = field(default_factory=set)  # "ConfigMap"/"Service" seen to exist, owned by us
+    expectations: Expectations = field(default_factory=Expectations)
+    progress: Progress | None = None  # the latest training-progress sample, handed to the next reconcile
+    phase: str | None = None
+
+
+@dataclass
+class Controller:
+    """Everything the handlers share; one instance per operator process."""
+
+    settings: OperatorSettings
+    resync_seconds: float = 10.0
+    client: KubeApi | None = None  # set at login
+    pods_index: PodIndex | None = None  # set by the first handler call
+    decide: Decide = reconcile
+    clock: Callable[[], datetime] = _utc_now
+    slots: dict[Key, JobSlot] = field(default_factory=dict)
+    resync_task: asyncio.Task[None] | None = None
+    _background: set[asyncio.Future[None]] = field(default_factory=set)
+
+    # -- triggering ---------------------------------------------------------------------------------------------
+    async def trigger(self, key: Key) -> None:
+        """Reconcile `key` now, or right after the reconcile already running for it."""
+        slot = self.slots.setdefault(key, JobSlot())
+        slot.dirty = True
+        if slot.running:
+            return
+        slot.running = True
+        try:
+            while slot.dirty:
+                slot.dirty = False
+                await self._reconcile_once(key, slot)
+        finally:
+            slot.running = False
+
+    def schedule(self, key: Key, slot: JobSlot, delay: float) -> None:
+        """Trigger `key` after `delay` seconds, unless an earlier requeue is already due."""
+        loop = asyncio.get_running_loop()
+        due = loop.time() + delay
+        pending = slot.requeue is not None and not slot.requeue.cancelled() and slot.requeue_at > loop.time()
+        if pending and slot.requeue_at <= due:
+            return
+        if slot.requeue is not None:
+            slot.requeue.cancel()
+        slot.requeue_at = due
+        slot.requeue = loop.call_at(due, self.spawn, key)
+
+    def spawn(self, key: Key) -> None:
+        """Trigger `key` in a background task."""
+        self._keep(asyncio.ensure_future(self.trigger(key)))
+
+    def _keep(self, task: asyncio.Future[None]) -> None:
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        task.add_done_callback(_report_crash)
+
+    def forget(self, key: Key) -> None:
+        slot = self.slots.pop(key, None)
+        if slot and slot.requeue:
+            slot.requeue.cancel()
+        self._publish_phases()
+
+    def _publish_phases(self) -> None:
+        metrics.publish_phases({key: slot.phase for key, slot in self.slots.items() if slot.phase})
+
+    # -- one reconcile ------------------------------------------------------------------------------------------
+    async def _reconcile_once(self, key: Key, slot: JobSlot) -> None:
+        assert self.client is not None
+        started, stage = time.perf_counter(), "observe"
+        try:
+            body = await self.client.get(KIND, *key)
+            if body is None:
+                self.forget(key)
+                return
+            job = JobView.from_body(body)
+            if slot.uid != job.uid:  # a new job with the same name: forget what we knew about the old one
+                slot.uid, slot.known_children, slot.expectations = job.uid, set(), Expectations()
+            observed = await self._observe(job, slot)
+            stage = "decide"
+            progress, slot.progress = slot.progress, None
+            now = self.clock()
+            decision = self.decide(job, observed, now, self.settings, progress)
+            stage = "apply"
+            if not await self._apply(job, body, slot, decision, now):
+                slot.dirty = True  # conflict: re-read and decide again
+                await asyncio.sleep(CONFLICT_PAUSE_SECONDS)
+                return
+            if decision.requeue_after is not None:
+                self.schedule(key, slot, decision.requeue_after)
+        except Exception:
+            metrics.RECONCILE_ERRORS.labels(stage).inc()
+            log.exception("reconcile of job %s/%s failed (%s); retrying", *key, stage)
+            self.schedule(key, slot, ERROR_RETRY_SECONDS)
+        finally:
+            metrics.RECONCILE_SECONDS.observe(time.perf_counter() - started)
+
+    # -- observe ------------------------------------------------------------------------------------------------
+    async def _observe(self, job: JobView, slot: JobSlot) -> Observed:
+        pods, taken = self._observe_pods(job, slot)
+        config = await self._observe_config_and_service(job, slot, len(pods), taken)
+        return Observed(
+            pods=tuple(pods),
+            config_map="ConfigMap" in slot.known_children,
+            service="Service" in slot.known_children,
+            taken=frozenset(taken),
+            config=config,
+        )
+
+    def _indexed_pods(self, key: Key) -> list[PodView]:
+        return list(self.pods_index.get(key, ())) if self.pods_index is not None else []
+
+    def _observe_pods(self, job: JobView, slot: JobSlot) -> tuple[list[PodView], set[str]]:
+        """This job's pods (as indexed, plus our writes the index has not seen yet), and the names namesakes hold."""
+        merged = slot.expectations.merge(self._indexed_pods((job.namespace, job.name)), self.clock())
+        # Children of a deleted job with the same name linger until garbage-collected: not ours, names still taken.
+        ours = [pod for pod in merged if pod.owner_uid in (None, job.uid)]
+        taken = {pod.name for pod in merged if pod.owner_uid not in (None, job.uid)}
+        return ours, taken
+
+    async def _observe_config_and_service(
+        self, job: JobView, slot: JobSlot, pod_count: int, taken: set[str]
+    ) -> dict[str, str] | None:
+        """Look up the ConfigMap and Service when it matters; adds a namesake's to `taken`; the config's data.
+
+        Status is written before children are created, so a job without status has none of ours yet; and reconcile
+        creates nothing for a finished job. Either way there is nothing to look up. When pods are about to be
+        (re)created, look again: their ConfigMap and Service must exist and be this job's.
+        """
+        assert self.client is not None
+        if not job.status or job.status.get("phase") in TERMINAL_PHASES:
+            return None
+        refresh = pod_count < int(job.spec.get("nodes") or 1)
+        config: dict[str, str] | None = None
+        for kind, child in (("ConfigMap", config_map_name(job.name)), ("Service", service_name(job.name))):
+            if kind in slot.known_children and not refresh:
+                continue
+            found = await self.client.get(kind, job.namespace, child)
+            if found is not None and controller_uid(found) in (None, job.uid):
+                slot.known_children.add(kind)
+                if kind == "ConfigMap":
+                    config = dict(found.get("data") or {})
+                continue
+            slot.known_children.discard(kind)
+            if found is not None:
+                taken.add(child)
+        return config
+
+    # -- apply --------------------------------------------------------------------------------------------------
+    async def _apply(
+        self, job: JobView, body: dict[str, Any], slot: JobSlot, decision: Decision, now: datetime
+    ) -> bool:
+        """Write the decision in its safe order; False when the status write lost a race (nothing else written)."""
+        assert self.client is not None
+        patch = decision.status_patch
+        if patch:
+            resource_version = body.get("metadata", {}).get("resourceVersion")
+            if await self.client.patch_job_status(job.namespace, job.name, patch, resource_version) is None:
+                log.info("job %s/%s: status changed under us; reconciling again", job.namespace, job.name)
+                return False
+        self._record_transition(job, slot, decision)
+        await self._delete_children(job, slot, decision, now)
+        for manifest in decision.updates:  # before the pods that mount it are created
+            kind, child = manifest["kind"], manifest["metadata"]["name"]
+            await self.client.merge_patch(kind, job.namespace, child, {"data": manifest["data"]})
+        await self._create_children(job, slot, decision, now)
+        await gather_limited([self._post_event(body, event) for event in decision.events])
+        if decision.delete_job:
+            log.info("job %s/%s: ttlSecondsAfterFinished expired; deleting the job", job.namespace, job.name)
+            await self.client.delete(KIND, job.namespace, job.name)
+        return True
+
+    def _record_transition(self, job: JobView, slot: JobSlot, decision: Decision) -> None:
+        old_phase, new_phase = job.status.get("phase"), decision.phase
+        if new_phase and new_phase != old_phase:
+            metrics.TRANSITIONS.labels(old_phase or "", new_phase).inc()
+            restarts = decision.status.get("restarts")
+            log.info("job %s/%s: phase %s -> %s (restarts=%s)", job.namespace, job.name, old_phase, new_phase, restarts)
+        if decision.status.get("restarts", 0) > job.status.get("restarts", 0):
+            metrics.GANG_RESTARTS.inc()
+        slot.phase = new_phase
+        self._publish_phases()
+
+    async def _create_children(self, job: JobView, slot: JobSlot, decision: Decision, now: datetime) -> None:
+        assert self.client is not None
+        creates = [self.client.create(manifest) for manifest in decision.creates]
+        results = await gather_limited(creates, limit=WRITE_CONCURRENCY)
+        for manifest, result in zip(decision.creates, results, strict=True):
+            kind, name = manifest["kind"], manifest["metadata"]["name"]
+            if isinstance(result, BaseException):
+                _raise_unless_gone(result, f"create {kind} {job.namespace}/{name}")
+                continue
+            if kind == "Pod":
+                view = replace(pod_view(manifest), created=now)
+                slot.expectations.created(view, now)
+                if result:
+                    metrics.PODS_CREATED.inc()
+                    log.info("job %s/%s: created pod %s (attempt %s)", job.namespace, job.name, name, view.attempt)
+            elif result:  # a 409 may be a deleted namesake's leftover: the next _observe looks at the owner
+                slot.known_children.add(kind)
+
+    async def _delete_children(self, job: JobView, slot: JobSlot, decision: Decision, now: datetime) -> None:
+        assert self.client is not None
+        attempts = {pod.name: pod.attempt for pod in self._indexed_pods((job.namespace, job.name))}
+        deletes = [self.client.delete(kind, job.namespace, name) for kind, name in decision.deletes]
+        results = await gather_limited(deletes, limit=WRITE_CONCURRENCY)
+        for (kind, name), result in zip(decision.deletes, results, strict=True):
+            if isinstance(result, BaseException):
+                _raise_unless_gone(result, f"delete {kind} {job.namespace}/{name}")
+                continue
+            if kind == "Pod":
+                slot.expectations.deleted(name, attempts.get(name, -1), now)
+                if result:
+                    metrics.PODS_DELETED.inc()
+                    log.info("job %s/%s: deleted pod %s", job.namespace, job.name, name)
+
+    async def _post_event(self, job_body: dict[str, Any], event: Event) -> None:
+        assert self.client is not None
+        try:
+            await self.client.create(event_manifest(job_body, event, self.clock()))
+        except ApiError as error:  # an event is a courtesy: the job's state does not depend on it
+            meta = job_body["metadata"]
+            log.warning("could not post event %s on %s/%s: %s", event.reason, meta["namespace"], meta["name"], error)
+
+    # -- resync and progress ------------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Start the resync loop (a task, not a kopf timer: those need a finalizer on every job)."""
+        self.resync_task = asyncio.ensure_future(self.resync_forever())
+        self.resync_task.add_done_callback(_report_crash)
+
+    async def stop(self) -> None:
+        if self.resync_task:
+            self.resync_task.cancel()
+        if self.client:
+            await self.client.close()
+
+    async def resync_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.resync_seconds)
+            await self.resync()
+
+    async def resync(self) -> None:
+        """Sample every known job's training progress, then re-trigger it."""
+        for key in list(self.slots):
+            try:
+                await self._sample_progress(key)
+            except Exception:
+                metrics.RECONCILE_ERRORS.labels("progress").inc()
+                log.exception("reading the training progress of job %s/%s failed", *key)
+            self.spawn(key)
+
+    async def _sample_progress(self, key: Key) -> None:
+        slot = self.slots.get(key)
+        if slot is None or slot.phase != "Running" or self.pods_index is None or self.client is None:
+            return
+        ours = (pod for pod in self._indexed_pods(key) if pod.owner_uid in (None, slot.uid))
+        pods = sorted((pod for pod in ours if pod.ip and not pod.finished), key=lambda pod: pod.rank)
+        if not pods:
+            return
+        body = await self.client.get(KIND, *key)
+        port = int(((body or {}).get("spec", {}).get("metrics") or {}).get("port", 9090))
+        # Global rank 0 serves the job's metrics; c10d rendezvous usually, not always, puts it on node 0.
+        for pod in pods:
+            sample = await asyncio.to_thread(fetch_progress, pod.ip, port)
+            if sample is not None:
+                slot.progress = sample
+                return
+
+
+def _raise_unless_gone(error: BaseException, what: str) -> None:
+    if isinstance(error, ApiError) and error.status == 404:
+        return  # e.g. the namespace is being deleted
+    raise RuntimeError(f"{what} failed: {error}") from error
+
+
+def _report_crash(task: asyncio.Future[None]) -> None:
+    """Done-callback of background tasks: a task that died of an exception is logged and counted, not lost."""
+    if task.cancelled() or task.exception() is None:
+        return
+    metrics.RECONCILE_ERRORS.labels("background").inc()
+    log.error("background task of the operator failed", exc_info=task.exception())
+
+
+def event_manifest(job_body: dict[str, Any], event: Event, now: datetime) -> dict[str, Any]:
+    """A core/v1 Event about the job (kopf's own event posting is turned down to warnings)."""
+    meta, stamp, host = job_body["metadata"], rfc3339(now), socket.gethostname()
+    return {
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+        "involvedObject": {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": KIND,
+            "name": meta["name"],
+            "namespace": meta["namespace"],
+            "uid": meta["uid"],
+        },
+        "type": event.type,
+        "reason": event.reason,
+        "message": event.message[:1024],
+        "source": {"component": "llmtrain-operator", "host": host},
+        "reportingComponent": "llmtrain.dev/operator",
+        "reportingInstance": f"{host}-{os.getpid()}",
+        "firstTimestamp": stamp,
+        "lastTimestamp": stamp,
+        "count": 1,
+    }

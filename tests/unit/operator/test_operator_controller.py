@@ -1,0 +1,494 @@
+"""The Controller runtime against an in-memory cluster: coalescing, requeues, namesakes, apply order, errors."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+from llmtrain_operator import controller as controller_module
+from llmtrain_operator.controller import Controller, KubeApi, event_manifest
+from llmtrain_operator.kubeapi import ApiError
+from llmtrain_operator.observe import PodView
+from llmtrain_operator.reconcile import Decision, Event, JobView, reconcile
+from prometheus_client import REGISTRY
+from reconcile_inputs import NOW, SETTINGS, SPEC
+
+KEY = ("ns", "demo")
+UID = "uid-1"
+
+
+def apply_merge_patch(target: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(target)
+    for key, value in patch.items():
+        if value is None:
+            merged.pop(key, None)
+        elif isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = apply_merge_patch(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def owned_by(uid: str) -> list[dict[str, Any]]:
+    return [{"kind": "LLMTrainingJob", "name": "demo", "uid": uid, "controller": True}]
+
+
+class FakeKube:
+    """An API server in a dict, implementing controller.KubeApi; records every write in order."""
+
+    def __init__(self) -> None:
+        self.objects: dict[tuple[str, str, str], dict[str, Any]] = {}
+        self.writes: list[tuple[str, str, str]] = []  # (verb, kind, name)
+        self.events: list[dict[str, Any]] = []
+        self.fail: dict[tuple[str, str], Exception] = {}  # (verb, kind) -> raised
+        self.conflicts = 0  # status writes still to answer with a conflict
+        self.get_gate: asyncio.Event | None = None
+        self.job_reads = 0
+
+    def add_job(self, status: dict[str, Any] | None = None, uid: str = UID) -> None:
+        meta = {"name": "demo", "namespace": "ns", "uid": uid, "generation": 1, "resourceVersion": "1"}
+        body = {"kind": "LLMTrainingJob", "metadata": meta, "spec": copy.deepcopy(SPEC), "status": status or {}}
+        self.objects[("LLMTrainingJob", "ns", "demo")] = body
+
+    def add(self, kind: str, name: str, owner_uid: str = UID, **fields: Any) -> None:
+        meta = {"name": name, "namespace": "ns", "ownerReferences": owned_by(owner_uid)}
+        self.objects[(kind, "ns", name)] = {"kind": kind, "metadata": meta, **fields}
+
+    def job(self) -> dict[str, Any]:
+        return self.objects[("LLMTrainingJob", "ns", "demo")]
+
+    def _maybe_fail(self, verb: str, kind: str) -> None:
+        if (verb, kind) in self.fail:
+            raise self.fail[(verb, kind)]
+
+    async def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        if kind == "LLMTrainingJob":
+            self.job_reads += 1
+            if self.get_gate is not None:
+                await self.get_gate.wait()
+        self._maybe_fail("get", kind)
+        found = self.objects.get((kind, namespace, name))
+        return copy.deepcopy(found) if found is not None else None
+
+    async def create(self, manifest: dict[str, Any]) -> bool:
+        kind, meta = manifest["kind"], manifest["metadata"]
+        self._maybe_fail("create", kind)
+        if kind == "Event":
+            self.events.append(manifest)
+            return True
+        self.writes.append(("create", kind, meta["name"]))
+        if (kind, meta["namespace"], meta["name"]) in self.objects:
+            return False  # 409 AlreadyExists, as kubeapi.KubeClient reports it
+        self.objects[(kind, meta["namespace"], meta["name"])] = copy.deepcopy(manifest)
+        return True
+
+    async def merge_patch(self, kind: str, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
+        self.writes.append(("patch", kind, name))
+        merged = apply_merge_patch(self.objects[(kind, namespace, name)], patch)
+        self.objects[(kind, namespace, name)] = merged
+        return merged
+
+    async def delete(self, kind: str, namespace: str, name: str) -> bool:
+        self._maybe_fail("delete", kind)
+        self.writes.append(("delete", kind, name))
+        return self.objects.pop((kind, namespace, name), None) is not None  # False: 404, already gone
+
+    async def patch_job_status(
+        self, namespace: str, name: str, patch: dict[str, Any], resource_version: str | None
+    ) -> dict[str, Any] | None:
+        self.writes.append(("status", "LLMTrainingJob", name))
+        body = self.objects.get(("LLMTrainingJob", namespace, name))
+        if body is None or self.conflicts or resource_version != body["metadata"]["resourceVersion"]:
+            self.conflicts = max(self.conflicts - 1, 0)
+            return None
+        body["status"] = apply_merge_patch(body.get("status") or {}, patch)
+        body["metadata"]["resourceVersion"] = str(int(body["metadata"]["resourceVersion"]) + 1)
+        return copy.deepcopy(body)
+
+    async def close(self) -> None:
+        pass
+
+
+def make_controller(kube: FakeKube, pods: list[PodView] | None = None, **fields: Any) -> Controller:
+    kube_api: KubeApi = kube  # the fake implements the controller's whole client interface
+    return Controller(settings=SETTINGS, client=kube_api, pods_index={KEY: pods or []}, clock=lambda: NOW, **fields)
+
+
+def errors(stage: str) -> float:
+    return REGISTRY.get_sample_value("llmtrain_operator_reconcile_errors_total", {"stage": stage}) or 0.0
+
+
+def run(scenario: Callable[[], Awaitable[None]]) -> None:
+    asyncio.run(asyncio.wait_for(scenario(), timeout=10))
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    while not condition():
+        await asyncio.sleep(0.005)
+
+
+def unchanged(job_view: JobView) -> Decision:
+    """A decision that changes nothing."""
+    return Decision(status=job_view.status, old_status=job_view.status)
+
+
+def recording(calls: list[tuple[Any, ...]], first_requeue: float | None = None):
+    """A decide function that records its arguments and changes nothing (but may requeue the first time)."""
+
+    def decide(*args: Any) -> Decision:
+        calls.append(args)
+        decision = unchanged(args[0])
+        if first_requeue is not None and len(calls) == 1:
+            decision.requeue(first_requeue)
+        return decision
+
+    return decide
+
+
+def counting(decisions: list[Decision]):
+    """A decide function that records reconcile's decisions."""
+
+    def decide(*args: Any) -> Decision:
+        decisions.append(reconcile(*args))
+        return decisions[-1]
+
+    return decide
+
+
+# ----- a reconcile, applied ---------------------------------------------------------------------------------------
+
+
+def test_a_new_job_gets_its_status_then_its_children_then_its_events():
+    kube = FakeKube()
+    kube.add_job()
+
+    async def scenario() -> None:
+        await make_controller(kube).trigger(KEY)
+
+    run(scenario)
+    assert kube.writes == [
+        ("status", "LLMTrainingJob", "demo"),
+        ("create", "ConfigMap", "demo-config"),
+        ("create", "Service", "demo"),
+        ("create", "Pod", "demo-node-0"),
+        ("create", "Pod", "demo-node-1"),
+    ]
+    assert kube.job()["status"]["phase"] == "Pending" and kube.job()["status"]["active"] == 2
+    assert [event["reason"] for event in kube.events] == ["Created"]
+
+
+def test_a_status_write_that_loses_a_race_drops_the_decision_and_decides_again():
+    kube = FakeKube()
+    kube.add_job()
+    kube.conflicts = 1
+
+    async def scenario() -> None:
+        await make_controller(kube).trigger(KEY)
+
+    run(scenario)
+    assert kube.writes[:2] == [("status", "LLMTrainingJob", "demo"), ("status", "LLMTrainingJob", "demo")]
+    assert ("create", "Pod", "demo-node-1") in kube.writes and kube.job_reads == 2
+
+
+def test_a_pod_created_but_not_yet_indexed_is_not_created_again():
+    kube = FakeKube()
+    kube.add_job()
+
+    async def scenario() -> None:
+        controller = make_controller(kube)
+        await controller.trigger(KEY)
+        await controller.trigger(KEY)  # the index still shows no pods
+
+    run(scenario)
+    assert [write for write in kube.writes if write[1] == "Pod"] == [
+        ("create", "Pod", "demo-node-0"),
+        ("create", "Pod", "demo-node-1"),
+    ]
+
+
+def test_a_deleted_job_is_forgotten():
+    kube = FakeKube()
+
+    async def scenario() -> None:
+        controller = make_controller(kube)
+        await controller.trigger(KEY)
+        assert KEY not in controller.slots
+
+    run(scenario)
+
+
+# ----- coalescing and requeues ------------------------------------------------------------------------------------
+
+
+def test_a_burst_of_triggers_during_a_reconcile_is_coalesced_into_one_follow_up():
+    kube = FakeKube()
+    kube.add_job()
+    kube.get_gate = asyncio.Event()
+    decisions: list[Decision] = []
+
+    async def scenario() -> None:
+        controller = make_controller(kube, decide=counting(decisions))
+        first = asyncio.ensure_future(controller.trigger(KEY))
+        await until(lambda: kube.job_reads == 1)
+        await asyncio.gather(*(controller.trigger(KEY) for _ in range(50)))  # each returns at once
+        kube.get_gate.set()
+        await first
+
+    run(scenario)
+    assert len(decisions) == 2 and kube.job_reads == 2
+
+
+def test_a_requeue_reconciles_the_job_again_when_due():
+    kube = FakeKube()
+    kube.add_job(status={"phase": "Pending"})
+    calls: list[tuple[Any, ...]] = []
+
+    async def scenario() -> None:
+        await make_controller(kube, decide=recording(calls, first_requeue=0.01)).trigger(KEY)
+        assert len(calls) == 1
+        await until(lambda: len(calls) == 2)
+
+    run(scenario)
+
+
+def test_an_earlier_requeue_is_not_postponed_by_a_later_one():
+    kube = FakeKube()
+    kube.add_job(status={"phase": "Pending"})
+    calls: list[tuple[Any, ...]] = []
+
+    async def scenario() -> None:
+        controller = make_controller(kube, decide=recording(calls))
+        slot = controller.slots.setdefault(KEY, controller_module.JobSlot())
+        controller.schedule(KEY, slot, 0.01)
+        controller.schedule(KEY, slot, 60)
+        await until(lambda: len(calls) == 1)
+
+    run(scenario)
+
+
+# ----- a deleted job's namesake children --------------------------------------------------------------------------
+
+
+def test_a_namesakes_pods_are_neither_adopted_nor_clashed_with():
+    kube = FakeKube()
+    kube.add_job(status={"phase": "Pending", "restarts": 0})
+    kube.add("ConfigMap", "demo-config", data={})
+    kube.add("Service", "demo")
+    leftover = PodView(name="demo-node-0", rank=0, attempt=0, phase="Running", owner_uid="old-uid")
+
+    async def scenario() -> None:
+        controller = make_controller(kube, pods=[leftover])
+        await controller.trigger(KEY)
+        assert controller.slots[KEY].requeue is not None  # back when the name is free
+
+    run(scenario)
+    assert [write for write in kube.writes if write[1] == "Pod"] == [("create", "Pod", "demo-node-1")]
+
+
+def test_a_namesakes_config_map_holds_the_new_jobs_pods_back():
+    kube = FakeKube()
+    kube.add_job(status={"phase": "Pending", "restarts": 0})
+    kube.add("ConfigMap", "demo-config", owner_uid="old-uid", data={})
+    kube.add("Service", "demo")
+
+    async def scenario() -> None:
+        controller = make_controller(kube)
+        await controller.trigger(KEY)
+        assert controller.slots[KEY].requeue is not None
+
+    run(scenario)
+    assert [write for write in kube.writes if write[0] == "create"] == []
+
+
+# ----- idempotent writes ------------------------------------------------------------------------------------------
+
+
+def test_creating_what_already_exists_counts_as_created():
+    kube = FakeKube()
+    kube.add_job()
+    kube.add("Pod", "demo-node-0", spec={"marker": "kept"})
+
+    async def scenario() -> None:
+        await make_controller(kube).trigger(KEY)
+
+    before = errors("apply")
+    run(scenario)
+    assert ("create", "Pod", "demo-node-1") in kube.writes and errors("apply") == before
+    assert kube.objects[("Pod", "ns", "demo-node-0")]["spec"] == {"marker": "kept"}
+
+
+def test_deleting_what_is_already_gone_is_not_an_error():
+    kube = FakeKube()
+    kube.add_job(status={"phase": "Running", "restarts": 0})
+    gone = [PodView(name=f"demo-node-{rank}", rank=rank, attempt=0, phase="Running") for rank in (0, 1)]
+
+    def suspend(*args: Any) -> Decision:
+        decision = unchanged(args[0])
+        decision.deletes = [("Pod", "demo-node-0"), ("Pod", "demo-node-1")]
+        return decision
+
+    async def scenario() -> None:
+        await make_controller(kube, pods=gone, decide=suspend).trigger(KEY)
+
+    before = errors("apply")
+    run(scenario)
+    assert kube.writes == [("delete", "Pod", "demo-node-0"), ("delete", "Pod", "demo-node-1")]
+    assert errors("apply") == before
+
+
+def test_a_not_found_from_a_terminating_namespace_is_not_an_error():
+    kube = FakeKube()
+    kube.add_job()
+    kube.fail[("create", "Pod")] = ApiError(404, {"message": "namespace ns is being terminated"}, "create")
+
+    async def scenario() -> None:
+        await make_controller(kube).trigger(KEY)
+
+    before = errors("apply")
+    run(scenario)
+    assert errors("apply") == before
+
+
+# ----- errors are logged, counted and retried ---------------------------------------------------------------------
+
+
+def test_a_failed_write_is_logged_counted_and_retried(monkeypatch, caplog):
+    monkeypatch.setattr(controller_module, "ERROR_RETRY_SECONDS", 0.01)
+    kube = FakeKube()
+    kube.add_job()
+    kube.fail[("create", "Pod")] = ApiError(500, {"message": "etcd is sad"}, "create")
+
+    async def scenario() -> None:
+        await make_controller(kube).trigger(KEY)
+        await until(lambda: kube.job_reads >= 2)  # the retry
+
+    before = errors("apply")
+    with caplog.at_level(logging.ERROR, logger="llmtrain_operator"):
+        run(scenario)
+    assert errors("apply") >= before + 1
+    failure = next(record for record in caplog.records if "reconcile of job ns/demo failed (apply)" in record.message)
+    assert failure.exc_info is not None and "etcd is sad" in str(failure.exc_info[1])
+
+
+def test_an_exception_inside_reconcile_is_logged_and_counted_not_swallowed(caplog):
+    kube = FakeKube()
+    kube.add_job()
+
+    def broken(*_: Any) -> Decision:
+        raise ValueError("a bug in a policy")
+
+    async def scenario() -> None:
+        controller = make_controller(kube, decide=broken)
+        await controller.trigger(KEY)
+        assert controller.slots[KEY].requeue is not None  # retried later
+
+    before = errors("decide")
+    with caplog.at_level(logging.ERROR, logger="llmtrain_operator"):
+        run(scenario)
+    assert errors("decide") == before + 1
+    [record] = [record for record in caplog.records if record.exc_info]
+    assert isinstance(record.exc_info[1], ValueError) and kube.writes == []
+
+
+def test_a_failed_read_is_counted_as_observe():
+    kube = FakeKube()
+    kube.add_job()
+    kube.fail[("get", "LLMTrainingJob")] = ApiError(503, "unavailable", "get")
+
+    async def scenario() -> None:
+        await make_controller(kube).trigger(KEY)
+
+    before = errors("observe")
+    run(scenario)
+    assert errors("observe") == before + 1
+
+
+def test_resync_logs_and_counts_a_failed_progress_read_and_still_triggers_the_job(monkeypatch, caplog):
+    kube = FakeKube()
+    kube.add_job()
+
+    async def failing_sample(self: Controller, key: tuple[str, str]) -> None:
+        raise OSError("metrics endpoint exploded")
+
+    monkeypatch.setattr(Controller, "_sample_progress", failing_sample)
+
+    async def scenario() -> None:
+        controller = make_controller(kube)
+        controller.slots[KEY] = controller_module.JobSlot()
+        await controller.resync()
+        await until(lambda: kube.job_reads == 1)
+
+    before = errors("progress")
+    with caplog.at_level(logging.ERROR, logger="llmtrain_operator"):
+        run(scenario)
+    assert errors("progress") == before + 1
+    assert any(record.exc_info and "progress of job ns/demo" in record.message for record in caplog.records)
+
+
+def test_resync_hands_the_latest_progress_sample_to_the_next_reconcile(monkeypatch):
+    from llmtrain_operator.api import Progress
+
+    kube = FakeKube()
+    kube.add_job(status={"phase": "Running", "restarts": 0})
+    rank0 = PodView(name="demo-node-0", rank=0, attempt=0, phase="Running", ip="10.0.0.1", owner_uid=UID)
+    monkeypatch.setattr(controller_module, "fetch_progress", lambda ip, port: Progress(step=7))
+    calls: list[tuple[Any, ...]] = []
+
+    async def scenario() -> None:
+        controller = make_controller(kube, pods=[rank0], decide=recording(calls))
+        controller.slots[KEY] = controller_module.JobSlot(phase="Running", uid=UID)
+        await controller.resync()
+        await until(lambda: len(calls) == 1)
+
+    run(scenario)
+    [(*_, progress)] = calls
+    assert progress == Progress(step=7)
+
+
+def test_a_background_task_that_dies_is_logged_and_counted(caplog):
+    async def scenario() -> None:
+        async def crash() -> None:
+            raise RuntimeError("lost")
+
+        task = asyncio.ensure_future(crash())
+        task.add_done_callback(controller_module._report_crash)
+        with pytest.raises(RuntimeError):
+            await task
+        await asyncio.sleep(0)  # done callbacks run on the next loop turn
+
+    before = errors("background")
+    with caplog.at_level(logging.ERROR, logger="llmtrain_operator"):
+        run(scenario)
+    assert errors("background") == before + 1
+    assert any(record.exc_info and "background task" in record.message for record in caplog.records)
+
+
+def test_event_manifest_is_about_the_job():
+    body = {"metadata": {"name": "demo", "namespace": "ns", "uid": UID}}
+    manifest = event_manifest(body, Event("Warning", "Unschedulable", "x" * 2000), NOW)
+    assert manifest["involvedObject"]["uid"] == UID and manifest["involvedObject"]["kind"] == "LLMTrainingJob"
+    assert manifest["type"] == "Warning" and len(manifest["message"]) == 1024
+    assert manifest["firstTimestamp"] == manifest["lastTimestamp"] == "2026-01-01T12:00:00Z"
+
+
+def test_handlers_only_register_kopf_handlers_around_a_controller():
+    import kopf
+    from llmtrain_operator.handlers import register
+
+    registry = kopf.OperatorRegistry()
+    register(registry, Controller(settings=SETTINGS))
+    ids = {handler.id for handler in registry._activities.get_all_handlers()}
+    assert {"configure", "shutdown", "login"} <= ids
+
+
+def test_every_error_stage_is_exported_from_the_start():
+    from llmtrain_operator.metrics import ERROR_STAGES
+
+    assert all(
+        REGISTRY.get_sample_value("llmtrain_operator_reconcile_errors_total", {"stage": stage}) is not None
+        for stage in ERROR_STAGES
+    )
