@@ -88,6 +88,17 @@ class RunPolicy(_Model):
     startup_timeout_seconds: int = Field(
         300, ge=1, description="Report why (event and condition) when a node pod stays Pending longer than this."
     )
+    count_disruptions: bool = Field(
+        False,
+        description="Count disruptions (eviction, preemption, node drain or loss) against backoffLimit; by default "
+        "they restart the gang from its checkpoint without using it, counted in status.disruptions.",
+    )
+    rendezvous_timeout_seconds: int = Field(
+        1800,
+        ge=60,
+        description="How long started node pods wait for the rest of the gang to join (torchrun's join timeout), "
+        "so a gang whose last pod is still being placed does not fail.",
+    )
 
 
 class SchedulingSpec(_Model):
@@ -99,7 +110,15 @@ class SchedulingSpec(_Model):
     tolerations: list[K8sObject] = Field(default_factory=list, description="Tolerations (core/v1 Toleration).")
     affinity: K8sObject | None = Field(None, description="Affinity (core/v1 Affinity).")
     queue_name: str | None = Field(
-        None, description="Kueue LocalQueue; sets the kueue.x-k8s.io/queue-name label on the job's pods."
+        None,
+        description="Kueue LocalQueue. The pods of each attempt form one Kueue pod group, admitted whole or not at all "
+        "(their scheduling gate holds them, unbound, while the job is queued).",
+    )
+    gang: Literal["auto", "native", "none"] = Field(
+        "auto",
+        description="All-or-nothing placement of the node pods. native: a scheduling.k8s.io PodGroup (minCount = "
+        "nodes) per attempt, so no pod binds until all fit; auto: native when the API server serves PodGroups and "
+        "no queueName is set (Kueue's pod group then does it); none: pods bind one by one. status.gang says which.",
     )
 
 
@@ -173,14 +192,17 @@ class LLMTrainingJobSpec(_Model):
 
 
 Phase = Literal["Pending", "Running", "Restarting", "Succeeded", "Failed", "Suspended"]
-ConditionType = Literal["Created", "Running", "Restarting", "Succeeded", "Failed", "Suspended"]
+ConditionType = Literal["Created", "Queued", "Running", "Restarting", "Resized", "Succeeded", "Failed", "Suspended"]
 TERMINAL_PHASES = ("Succeeded", "Failed")
 
 
 class Condition(_Model):
     """One observed aspect of the job, Kubernetes-style."""
 
-    type: ConditionType = Field(description="Created, Running, Restarting, Succeeded, Failed or Suspended.")
+    type: ConditionType = Field(
+        description="Created, Queued (pods wait for a queue or capacity), Running, Restarting, Resized, Succeeded, "
+        "Failed or Suspended."
+    )
     status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
     reason: str = Field("", description="CamelCase machine-readable reason for the last transition.")
     message: str = Field("", description="Human-readable detail.")
@@ -214,7 +236,16 @@ class LLMTrainingJobStatus(_Model):
     ready: int = Field(0, description="Node pods with the Ready condition.")
     succeeded: int = Field(0, description="Node pods of the current attempt that succeeded.")
     failed: int = Field(0, description="Node pods of the current attempt that failed.")
-    restarts: int = Field(0, description="Gang restarts so far (also the attempt number of the current pods).")
+    restarts: int = Field(0, description="Gang restarts after failures, counted against backoffLimit.")
+    disruptions: int = Field(
+        0, description="Gang restarts after disruptions (eviction, preemption, drain, node loss); not counted."
+    )
+    attempt: int = Field(
+        0, description="Attempt of the current pods: every gang restart, disruption or resize starts the next one."
+    )
+    nodes: int | None = Field(None, description="Node pods of the current attempt (spec.nodes when it started).")
+    procs_per_node: int | None = Field(None, description="Processes per node pod of the current attempt.")
+    gang: str | None = Field(None, description="How the gang is placed: native, kueue or none (spec.scheduling.gang).")
     start_time: str | None = Field(
         None,
         description="When the current run of pods was started (RFC 3339).",

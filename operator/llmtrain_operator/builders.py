@@ -118,6 +118,8 @@ def torchrun_command(job: JobRef, spec: LLMTrainingJobSpec, rank: int) -> list[s
         "--rdzv-backend=c10d",
         f"--rdzv-endpoint={master_addr(job)}:{RDZV_PORT}",
         f"--rdzv-id={job.uid}",
+        # Started pods wait this long for the rest of the gang (which may still be waiting for capacity).
+        f"--rdzv-conf=join_timeout={spec.run_policy.rendezvous_timeout_seconds}",
         "-m",
         "llmtrain_trainer",
         "--config",

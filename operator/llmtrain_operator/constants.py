@@ -17,6 +17,10 @@ LABEL_JOB = f"{GROUP}/job-name"
 LABEL_RANK = f"{GROUP}/node-rank"
 LABEL_ATTEMPT = f"{GROUP}/attempt"
 LABEL_KUEUE_QUEUE = "kueue.x-k8s.io/queue-name"
+# Kueue's plain-pod groups: the pods of one attempt are one Workload, admitted whole or not at all.
+LABEL_KUEUE_POD_GROUP = "kueue.x-k8s.io/pod-group-name"
+ANNOTATION_KUEUE_GROUP_TOTAL = "kueue.x-k8s.io/pod-group-total-count"
+ANNOTATION_KUEUE_RETRIABLE = "kueue.x-k8s.io/retriable-in-group"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 MANAGER = "llmtrain-operator"
 
@@ -47,6 +51,11 @@ def pod_name(job: str, rank: int) -> str:
     return f"{job}-node-{rank}"
 
 
+def pod_group_name(job: str, attempt: int) -> str:
+    """The scheduling.k8s.io PodGroup (native gang) and Kueue pod group of one attempt."""
+    return f"{job}-attempt-{attempt}"
+
+
 # Names the operator sets on every node pod; podTemplate may not override them.
 OWNED_ENV = frozenset(
     {
@@ -70,4 +79,5 @@ VOLUME_CHECKPOINTS = "checkpoints"
 OWNED_VOLUMES = frozenset({VOLUME_CONFIG, VOLUME_SHM, VOLUME_CHECKPOINTS})
 OWNED_MOUNT_PATHS = frozenset({CONFIG_DIR, "/dev/shm", CHECKPOINT_DIR})
 OWNED_LABEL_PREFIX = f"{GROUP}/"
-OWNED_LABELS = frozenset({LABEL_KUEUE_QUEUE, LABEL_MANAGED_BY})
+OWNED_LABELS = frozenset({LABEL_KUEUE_QUEUE, LABEL_KUEUE_POD_GROUP, LABEL_MANAGED_BY})
+OWNED_ANNOTATIONS = frozenset({ANNOTATION_KUEUE_GROUP_TOTAL, ANNOTATION_KUEUE_RETRIABLE})

@@ -30,6 +30,7 @@ from . import metrics
 from .api import TERMINAL_PHASES, Progress
 from .constants import GROUP, KIND, VERSION, config_map_name, service_name
 from .expectations import Expectations
+from .gang import POD_GROUP_API_VERSION
 from .kubeapi import ApiError, gather_limited
 from .observe import PodView, controller_uid, pod_view
 from .progress import fetch_progress
@@ -65,6 +66,9 @@ class KubeApi(Protocol):
         self, namespace: str, name: str, patch: dict[str, Any], resource_version: str | None
     ) -> dict[str, Any] | None:
         """Merge-patch a job's status if its resourceVersion is still this one; None on a conflict or 404."""
+
+    async def serves(self, api_version: str, resource: str) -> bool:
+        """Whether the API server serves `resource` in `api_version` (discovery)."""
 
     async def close(self) -> None:
         """Release connections."""
@@ -102,6 +106,7 @@ class Controller:
     slots: dict[Key, JobSlot] = field(default_factory=dict)
     resync_task: asyncio.Task[None] | None = None
     _background: set[asyncio.Future[None]] = field(default_factory=set)
+    discovered: bool = False  # what the API server serves (PodGroups) was looked up
 
     # -- triggering ---------------------------------------------------------------------------------------------
     async def trigger(self, key: Key) -> None:
@@ -158,6 +163,7 @@ class Controller:
                 self.forget(key)
                 return
             job = JobView.from_body(body)
+            await self._discover()
             if slot.uid != job.uid:  # a new job with the same name: forget what we knew about the old one
                 slot.uid, slot.known_children, slot.expectations = job.uid, set(), Expectations()
             observed = await self._observe(job, slot)
@@ -178,6 +184,18 @@ class Controller:
             self.schedule(key, slot, ERROR_RETRY_SECONDS)
         finally:
             metrics.RECONCILE_SECONDS.observe(time.perf_counter() - started)
+
+    async def _discover(self) -> None:
+        """Once per process: whether native gangs (scheduling.k8s.io/v1beta1 PodGroups) can be used."""
+        if self.discovered:
+            return
+        assert self.client is not None
+        native = await self.client.serves(POD_GROUP_API_VERSION, "podgroups")
+        self.settings = replace(self.settings, native_gang=native)
+        self.discovered = True
+        log.info(
+            "native gang scheduling (%s PodGroups): %s", POD_GROUP_API_VERSION, "served" if native else "not served"
+        )
 
     # -- observe ------------------------------------------------------------------------------------------------
     async def _observe(self, job: JobView, slot: JobSlot) -> Observed:

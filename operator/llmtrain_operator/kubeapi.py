@@ -26,6 +26,7 @@ _PATHS = {
     "Service": "/api/v1/namespaces/{ns}/services",
     "ConfigMap": "/api/v1/namespaces/{ns}/configmaps",
     "Event": "/api/v1/namespaces/{ns}/events",
+    "PodGroup": "/apis/scheduling.k8s.io/v1beta1/namespaces/{ns}/podgroups",
     "LLMTrainingJob": f"/apis/{GROUP}/{VERSION}/namespaces/{{ns}}/{PLURAL}",
 }
 
@@ -127,6 +128,11 @@ class KubeClient:
         path, what = self.path(kind, namespace, name), f"delete {kind} {namespace}/{name}"
         status, _ = await self._call("DELETE", path, what, options, expected=(404,))
         return status != 404
+
+    async def serves(self, api_version: str, resource: str) -> bool:
+        """Discovery: does the API server serve `resource` in group/version `api_version`?"""
+        status, body = await self._call("GET", f"/apis/{api_version}", f"discover {api_version}", expected=(404,))
+        return status == 200 and any(item.get("name") == resource for item in (body or {}).get("resources", []))
 
     async def patch_job_status(
         self, namespace: str, name: str, patch: dict[str, Any], resource_version: str | None

@@ -17,6 +17,7 @@ from .timestamps import parse_time
 
 # Pod-level reasons for a pod that failed through no fault of its own: restart the gang elsewhere.
 DISRUPTION_REASONS = {"Evicted", "NodeLost", "Preempting", "Shutdown", "Terminated", "NodeShutdown", "OutOfpods"}
+SCHEDULING_GATED = "SchedulingGated"  # PodScheduled=False reason while a scheduling gate (e.g. Kueue's) holds the pod
 
 
 @dataclass(frozen=True)
@@ -35,8 +36,10 @@ class PodView:
     termination_message: str | None = None
     waiting_reason: str | None = None  # e.g. ImagePullBackOff
     waiting_message: str | None = None
-    unschedulable: str | None = None  # PodScheduled=False message
+    unschedulable: str | None = None  # PodScheduled=False message (reason Unschedulable)
+    gated: bool = False  # held by a scheduling gate (Kueue's admission gate)
     disrupted: bool = False  # DisruptionTarget condition (eviction, preemption, node drain)
+    disruption: str | None = None  # that condition's "Reason: message", e.g. EvictionByEvictionAPI
     owner_uid: str | None = None  # the controlling LLMTrainingJob's uid
 
     @property
@@ -69,10 +72,22 @@ def pod_view(body: dict[str, Any]) -> PodView:
         termination_message=terminated.get("message"),
         waiting_reason=waiting.get("reason"),
         waiting_message=waiting.get("message"),
-        unschedulable=scheduled.get("message") if scheduled.get("status") == "False" else None,
+        unschedulable=scheduled.get("message") if _unschedulable(scheduled) else None,
+        gated=bool((body.get("spec") or {}).get("schedulingGates")) or scheduled.get("reason") == SCHEDULING_GATED,
         disrupted=conditions.get("DisruptionTarget", {}).get("status") == "True",
+        disruption=_disruption(conditions.get("DisruptionTarget", {})),
         owner_uid=controller_uid(body),
     )
+
+
+def _disruption(condition: dict[str, Any]) -> str | None:
+    if condition.get("status") != "True":
+        return None
+    return ": ".join(part for part in (condition.get("reason"), condition.get("message")) if part) or None
+
+
+def _unschedulable(scheduled: dict[str, Any]) -> bool:
+    return scheduled.get("status") == "False" and scheduled.get("reason") != SCHEDULING_GATED
 
 
 def controller_uid(body: dict[str, Any]) -> str | None:
@@ -90,7 +105,7 @@ def _int(value: Any, default: int) -> int:
 
 @dataclass(frozen=True)
 class Failure:
-    kind: Literal["permanent", "retryable"]
+    kind: Literal["permanent", "retryable", "disruption"]
     reason: str  # InvalidConfig, Diverged, Evicted, NodeLost, PodFailed, ...
     message: str
 
@@ -104,10 +119,11 @@ def classify_failure(pod: PodView) -> Failure:
     """Why a pod of the current attempt is not going to finish, and whether restarting the gang can help."""
     where = f"node {pod.rank} ({pod.name})"
     if pod.phase == "Unknown":
-        return Failure("retryable", "NodeLost", f"{where}: lost contact with its node")
+        return Failure("disruption", "NodeLost", f"{where}: lost contact with its node")
     if pod.disrupted or (pod.reason in DISRUPTION_REASONS):
         reason = pod.reason or "Disrupted"
-        return Failure("retryable", reason, f"{where}: {reason}: {pod.message or 'disrupted'}")
+        detail = pod.disruption or pod.message or "disrupted"
+        return Failure("disruption", reason, f"{where}: {reason}: {detail}")
     report = trainer_report(pod.termination_message)
     if report is not None:
         code = report.get("exitCode")
@@ -125,6 +141,8 @@ def classify_failure(pod: PodView) -> Failure:
 
 def pending_reason(pod: PodView) -> tuple[str, str]:
     """Why a pod is still Pending, from its scheduling condition or its container's waiting state."""
+    if pod.gated:
+        return "QueuedByKueue", f"{pod.name}: held by a scheduling gate until the queue admits the gang"
     if pod.unschedulable:
         return "Unschedulable", f"{pod.name}: {pod.unschedulable}"
     if pod.waiting_reason:

@@ -16,6 +16,8 @@ RULES: list[dict[str, list[str]]] = [
     {"apiGroups": [""], "resources": ["services"], "verbs": ["get", "create", "delete"]},
     # patch: a new attempt (gang restart, resume) re-renders the trainer config from the edited spec.
     {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "create", "delete", "patch"]},
+    # Native gangs: one scheduling.k8s.io PodGroup per attempt (Kubernetes 1.37+, GenericWorkload).
+    {"apiGroups": ["scheduling.k8s.io"], "resources": ["podgroups"], "verbs": ["get", "create", "delete"]},
     # Events for every transition (kopf posts its own errors too).
     {"apiGroups": ["", "events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
     # kopf: discovers CRDs and, when cluster-wide, namespaces.

@@ -10,15 +10,19 @@ the job's state for this round returns the Decision, later ones never see it:
 
     terminal_policy          a Failed/Succeeded job: cleanPodPolicy, then ttlSecondsAfterFinished
     spec_validation_policy   an invalid spec (or dev-command annotation) fails the job with InvalidSpec
+    gang_policy              how the gang is placed (native PodGroup, Kueue pod group, none): status.gang
     namesake_policy          wait while a deleted job of the same name still holds the config or Service name
     config_service_policy    create the ConfigMap and Service when missing
     suspend_policy           suspend deletes the pods and stops there; resume returns the job to Pending
     deadline_policy          runPolicy.activeDeadlineSeconds, counted from the current run's start
     attempt_policy           count the current attempt's pods; delete pods of earlier attempts
-    failure_policy           permanent exit -> Failed; retryable (exit, eviction, node loss) -> gang restart
-                             within backoffLimit, else BackoffLimitExceeded
+    resize_policy            spec.nodes/procsPerNode changed: checkpointed stop, next attempt at the new size
+    failure_policy           permanent exit -> Failed; disruption (eviction, preemption, node loss) -> gang restart
+                             not counted; other failures -> gang restart within backoffLimit, else
+                             BackoffLimitExceeded
     success_policy           every node pod Succeeded -> Succeeded, with rank 0's final progress
-    pod_creation_policy      create the attempt's missing pods once their names are free (config re-rendered)
+    pod_creation_policy      create the attempt's missing pods (and its PodGroup) once their names are free
+    queue_policy             pods held by a queue or waiting for capacity -> condition Queued, at once
     running_policy           every node pod Running -> Running
     startup_policy           pods Pending past startupTimeoutSeconds get a condition (and a Warning) saying why
 """
@@ -36,11 +40,12 @@ from pydantic import ValidationError
 
 from .api import TERMINAL_PHASES, Condition, LLMTrainingJobSpec, LLMTrainingJobStatus, Progress, RunPolicy
 from .builders import JobRef, build_config_map, build_pod, build_service
-from .constants import ANNOTATION_DEV_COMMAND, config_map_name, pod_name, service_name
+from .constants import ANNOTATION_DEV_COMMAND, config_map_name, pod_group_name, pod_name, service_name
+from .gang import GangMode, GangUnavailable, build_pod_group, gang_mode, place_in_gang
 from .observe import Failure, PodView, classify_failure, pending_reason, trainer_report
 from .progress import final_progress
 from .timestamps import parse_time, rfc3339
-from .validate import parse_spec, validate_spec
+from .validate import parse_spec, procs_per_node, validate_spec
 
 RETRY_SOON = 1.0  # seconds; while pods terminate or names are still taken
 
@@ -92,6 +97,7 @@ class Observed:
 class OperatorSettings:
     default_image: str
     allow_dev_command: bool = False  # test hook: honour the llmtrain.dev/dev-command annotation
+    native_gang: bool = False  # the API server serves scheduling.k8s.io/v1beta1 PodGroups (discovered at start)
 
 
 @dataclass(frozen=True)
@@ -173,12 +179,15 @@ class ReconcileContext:
         self.status = stored.model_copy(deep=True)
         self.status.phase = self.status.phase or "Pending"
         self.status.observed_generation = job.generation
+        if "attempt" not in job.status:
+            self.status.attempt = self.status.restarts  # written before attempts were counted apart from restarts
         if progress is not None:
             self.status.progress = progress
         self.decision = Decision(status={}, old_status=_status_dict(stored) if job.status else {})
         self._spec: LLMTrainingJobSpec | None = None
         self.command: list[str] | None = None  # the dev-command annotation, when the operator honours it
         self.current: list[PodView] = []  # this attempt's node pods, set by attempt_policy
+        self.gang: GangMode = "none"  # set by gang_policy
 
     # -- the accepted spec ---------------------------------------------------------------------------------------
     def accept(self, spec: LLMTrainingJobSpec, command: list[str] | None) -> None:
@@ -233,7 +242,7 @@ class ReconcileContext:
         current = [
             pod
             for pod in self.observed.pods
-            if pod.attempt == self.status.restarts and pod.rank >= 0 and (nodes is None or pod.rank < nodes)
+            if pod.attempt == self.status.attempt and pod.rank >= 0 and (nodes is None or pod.rank < nodes)
         ]
         self.status.active = sum(1 for pod in current if not pod.finished and not pod.terminating)
         self.status.ready = sum(1 for pod in current if pod.ready and not pod.terminating)
@@ -360,6 +369,15 @@ def spec_validation_policy(ctx: ReconcileContext) -> Decision | None:
     return None
 
 
+def gang_policy(ctx: ReconcileContext) -> Decision | None:
+    """Resolve how the gang is placed; native placement asked for but not served fails the job before any pod."""
+    try:
+        ctx.gang = gang_mode(ctx.spec, ctx.settings.native_gang)
+    except GangUnavailable as error:
+        return fail_job(ctx, "GangSchedulingUnavailable", str(error), ctx.spec.run_policy, stop_pods=True)
+    return None
+
+
 def namesake_policy(ctx: ReconcileContext) -> Decision | None:
     """While a deleted job of the same name still owns the config or the Service, wait for the garbage collector.
 
@@ -427,8 +445,25 @@ def attempt_policy(ctx: ReconcileContext) -> Decision | None:
     return None
 
 
+def resize_policy(ctx: ReconcileContext) -> Decision | None:
+    """A new size (spec.nodes or procsPerNode): the gang saves on SIGTERM and stops; the next attempt starts at the
+    new size and resumes from that checkpoint (DCP reshards). Not a failure: nothing is counted."""
+    status, size = ctx.status, (ctx.spec.nodes, procs_per_node(ctx.spec))
+    if status.nodes is None or (status.nodes, status.procs_per_node or size[1]) == size:
+        return None
+    message = f"resized from {status.nodes}x{status.procs_per_node} to {size[0]}x{size[1]} (nodes x processes)"
+    status.nodes, status.procs_per_node = size
+    ctx.set_condition("Resized", "True", "SizeChanged", message)
+    if not ctx.observed.pods:
+        ctx.event("Normal", "Resized", f"{message}; the next pods start at the new size")
+        return None
+    ctx.event("Normal", "Resized", f"{message}; stopping the gang at a checkpoint, then resuming at the new size")
+    return _next_attempt(ctx, "Resized", message)
+
+
 def failure_policy(ctx: ReconcileContext) -> Decision | None:
-    """Failures of the current attempt: permanent ones end the job, others restart the whole gang."""
+    """Failures of the current attempt: permanent ones end the job; disruptions restart the gang without using
+    backoffLimit (unless runPolicy.countDisruptions); other failures restart it within backoffLimit."""
     failures = attempt_failures(ctx)
     permanent = [failure for failure in failures if failure.kind == "permanent"]
     policy = ctx.spec.run_policy
@@ -436,7 +471,10 @@ def failure_policy(ctx: ReconcileContext) -> Decision | None:
         return fail_job(ctx, permanent[0].reason, permanent[0].message, policy, stop_pods=True)
     if not failures:
         return None
-    first = failures[0]
+    charged = [failure for failure in failures if failure.kind == "retryable" or policy.count_disruptions]
+    if not charged:
+        return _disruption_restart(ctx, failures[0])
+    first = charged[0]
     if ctx.status.restarts >= policy.backoff_limit:
         message = f"{first.message}; backoffLimit {policy.backoff_limit} reached after {ctx.status.restarts} restarts"
         return fail_job(ctx, "BackoffLimitExceeded", message, policy, stop_pods=True)
@@ -444,13 +482,20 @@ def failure_policy(ctx: ReconcileContext) -> Decision | None:
 
 
 def attempt_failures(ctx: ReconcileContext) -> list[Failure]:
-    """Failed or lost pods by rank, then ranks whose pod vanished while the job was Running."""
-    broken = sorted((pod for pod in ctx.live if pod.phase in ("Failed", "Unknown")), key=lambda pod: pod.rank)
+    """Failed, lost or disrupted pods by rank, then ranks whose pod vanished while the job was Running."""
+    broken = sorted(
+        (
+            pod
+            for pod in ctx.current
+            if (not pod.terminating and pod.phase in ("Failed", "Unknown")) or (pod.terminating and pod.disrupted)
+        ),
+        key=lambda pod: pod.rank,
+    )
     failures = [classify_failure(pod) for pod in broken]
     if ctx.status.phase == "Running":
         present = {pod.rank for pod in ctx.current}
         failures += [
-            Failure("retryable", "PodLost", f"node {rank} ({pod_name(ctx.job.name, rank)}) disappeared while running")
+            Failure("disruption", "PodLost", f"node {rank} ({pod_name(ctx.job.name, rank)}) disappeared while running")
             for rank in range(ctx.spec.nodes)
             if rank not in present
         ]
@@ -458,13 +503,32 @@ def attempt_failures(ctx: ReconcileContext) -> list[Failure]:
 
 
 def _gang_restart(ctx: ReconcileContext, cause: Failure) -> Decision:
-    """Start the next attempt: every pod goes; pod_creation_policy recreates them once their names are free."""
+    """A failure: the next attempt, counted against backoffLimit."""
     ctx.status.restarts += 1
-    ctx.status.phase = "Restarting"
     message = f"gang restart {ctx.status.restarts}/{ctx.spec.run_policy.backoff_limit}: {cause.message}"
-    ctx.set_condition("Restarting", "True", cause.reason, message)
-    ctx.set_condition("Running", "False", "GangRestart", message)
     ctx.event("Normal", "GangRestart", message)
+    ctx.set_condition("Restarting", "True", cause.reason, message)
+    return _next_attempt(ctx, "GangRestart", message)
+
+
+def _disruption_restart(ctx: ReconcileContext, cause: Failure) -> Decision:
+    """Eviction, preemption, drain or node loss: the next attempt resumes from the checkpoint, not counted."""
+    ctx.status.disruptions += 1
+    message = f"disruption {ctx.status.disruptions} (not counted against backoffLimit): {cause.message}"
+    ctx.event("Normal", "Disrupted", message)
+    ctx.set_condition("Restarting", "True", cause.reason, message)
+    return _next_attempt(ctx, "Disrupted", message)
+
+
+def _next_attempt(ctx: ReconcileContext, reason: str, message: str) -> Decision:
+    """Every pod of this attempt goes (SIGTERM: the trainer saves), with its PodGroup; pod_creation_policy starts
+    the next attempt once the names are free."""
+    status = ctx.status
+    if status.gang == "native":
+        ctx.decision.deletes.append(("PodGroup", pod_group_name(ctx.job.name, status.attempt)))
+    status.attempt += 1
+    status.phase = "Restarting"
+    ctx.set_condition("Running", "False", reason, message)
     ctx.delete_pods(list(ctx.observed.pods))
     ctx.count_pods(ctx.spec.nodes)
     ctx.decision.requeue(RETRY_SOON)
@@ -488,9 +552,10 @@ def pod_creation_policy(ctx: ReconcileContext) -> Decision | None:
     creatable = [rank for rank in missing if pod_name(ctx.job.name, rank) not in taken]
     if creatable:
         _rerender_config(ctx)
+        _start_attempt(ctx)
     for rank in creatable:
-        pod = build_pod(ctx.job.ref, ctx.spec, rank, status.restarts, ctx.settings.default_image, ctx.command)
-        ctx.decision.creates.append(pod)
+        pod = build_pod(ctx.job.ref, ctx.spec, rank, status.attempt, ctx.settings.default_image, ctx.command)
+        ctx.decision.creates.append(place_in_gang(pod, ctx.gang, ctx.job.ref, nodes, status.attempt))
     status.active += len(creatable)  # count them now, so this decision's status write is not followed by another
     if creatable and status.start_time is None:
         status.start_time = rfc3339(ctx.now)
@@ -498,10 +563,18 @@ def pod_creation_policy(ctx: ReconcileContext) -> Decision | None:
         ctx.decision.requeue(RETRY_SOON)
     created = ctx.condition("Created")
     if creatable and (created is None or created.status != "True"):
-        message = f"created config, service and {nodes} node pods"
+        message = f"created config, service and {nodes} node pods (gang placement: {ctx.gang})"
         ctx.set_condition("Created", "True", "ChildrenCreated", message)
         ctx.event("Normal", "Created", message)
     return None
+
+
+def _start_attempt(ctx: ReconcileContext) -> None:
+    """Record the size and gang placement the attempt's pods get; a native gang gets its PodGroup first."""
+    status = ctx.status
+    status.nodes, status.procs_per_node, status.gang = ctx.spec.nodes, procs_per_node(ctx.spec), ctx.gang
+    if ctx.gang == "native":
+        ctx.decision.creates.append(build_pod_group(ctx.job.ref, ctx.spec.nodes, status.attempt))
 
 
 def _rerender_config(ctx: ReconcileContext) -> None:
@@ -512,6 +585,24 @@ def _rerender_config(ctx: ReconcileContext) -> None:
     if desired["data"] != ctx.observed.config:
         ctx.decision.updates.append(desired)
         ctx.event("Normal", "ConfigUpdated", "trainer config re-rendered from the edited spec for the new pods")
+
+
+def queue_policy(ctx: ReconcileContext) -> Decision | None:
+    """Pods held by Kueue's gate or waiting for capacity: condition Queued (reason, the scheduler's or queue's
+    message) at once, not after the startup timeout; it turns False when every pod is placed."""
+    waiting = [pod for pod in ctx.live if pod.phase == "Pending" and (pod.gated or pod.unschedulable)]
+    queued = ctx.condition("Queued")
+    if not waiting:
+        if queued is not None and queued.status == "True" and len(ctx.live) == ctx.spec.nodes:
+            ctx.set_condition("Queued", "False", "Admitted", "every node pod is placed")
+        return None
+    reason, detail = pending_reason(min(waiting, key=lambda pod: pod.rank))
+    reason = "WaitingForCapacity" if reason == "Unschedulable" else reason
+    message = f"{len(waiting)} of {ctx.spec.nodes} node pods waiting; {detail}"
+    if queued is None or queued.status != "True" or queued.reason != reason:
+        ctx.event("Normal", reason, message)
+    ctx.set_condition("Queued", "True", reason, message)
+    return None
 
 
 def running_policy(ctx: ReconcileContext) -> Decision | None:
@@ -557,14 +648,17 @@ def startup_policy(ctx: ReconcileContext) -> Decision | None:
 POLICIES: tuple[Policy, ...] = (
     terminal_policy,
     spec_validation_policy,
+    gang_policy,
     namesake_policy,
     config_service_policy,
     suspend_policy,
     deadline_policy,
     attempt_policy,
+    resize_policy,
     failure_policy,
     success_policy,
     pod_creation_policy,
+    queue_policy,
     running_policy,
     startup_policy,
 )

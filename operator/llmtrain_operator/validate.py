@@ -17,6 +17,7 @@ from pydantic import ValidationError
 from .api import LLMTrainingJobSpec
 from .constants import (
     GPU_RESOURCE,
+    OWNED_ANNOTATIONS,
     OWNED_ENV,
     OWNED_LABEL_PREFIX,
     OWNED_LABELS,
@@ -121,7 +122,7 @@ def pod_template_conflicts(spec: LLMTrainingJobSpec) -> list[FieldError]:
         if key.startswith(OWNED_LABEL_PREFIX) or key in OWNED_LABELS:
             errors.append(FieldError(f"spec.podTemplate.labels.{key}", "is set by the operator"))
     for key in tpl.annotations:
-        if key.startswith(OWNED_LABEL_PREFIX):
+        if key.startswith(OWNED_LABEL_PREFIX) or key in OWNED_ANNOTATIONS:
             errors.append(FieldError(f"spec.podTemplate.annotations.{key}", "is reserved for the operator"))
     for i, env in enumerate(tpl.env):
         if "name" not in env:

@@ -73,6 +73,10 @@ tests/unit/ship/test_chart_render.py compares the rendered rules with it.
 - apiGroups: [""]
   resources: ["configmaps"]
   verbs: ["get", "create", "delete", "patch"]
+# Native gangs: one scheduling.k8s.io PodGroup per attempt (Kubernetes 1.37+, GenericWorkload).
+- apiGroups: ["scheduling.k8s.io"]
+  resources: ["podgroups"]
+  verbs: ["get", "create", "delete"]
 # Events for every transition (kopf posts its own errors too).
 - apiGroups: ["", "events.k8s.io"]
   resources: ["events"]

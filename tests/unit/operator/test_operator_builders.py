@@ -107,6 +107,7 @@ def test_pod_command_is_an_explicit_torchrun_with_c10d_rendezvous_on_node_0(gpu_
         "--rdzv-backend=c10d",
         "--rdzv-endpoint=gpt2-fsdp-node-0.gpt2-fsdp:29400",
         "--rdzv-id=uid-123",
+        "--rdzv-conf=join_timeout=1800",
         "-m",
         "llmtrain_trainer",
         "--config",

@@ -48,6 +48,7 @@ class FakeKube:
         self.conflicts = 0  # status writes still to answer with a conflict
         self.get_gate: asyncio.Event | None = None
         self.job_reads = 0
+        self.pod_groups_served = False
 
     def add_job(self, status: dict[str, Any] | None = None, uid: str = UID) -> None:
         meta = {"name": "demo", "namespace": "ns", "uid": uid, "generation": 1, "resourceVersion": "1"}
@@ -64,6 +65,9 @@ class FakeKube:
     def _maybe_fail(self, verb: str, kind: str) -> None:
         if (verb, kind) in self.fail:
             raise self.fail[(verb, kind)]
+
+    async def serves(self, api_version: str, resource: str) -> bool:
+        return self.pod_groups_served and (api_version, resource) == ("scheduling.k8s.io/v1beta1", "podgroups")
 
     async def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         if kind == "LLMTrainingJob":

@@ -140,8 +140,10 @@ def test_status_conditions_are_a_map_list_keyed_by_type():
     assert conditions["x-kubernetes-list-map-keys"] == ["type"]
     assert conditions["items"]["properties"]["type"]["enum"] == [
         "Created",
+        "Queued",
         "Running",
         "Restarting",
+        "Resized",
         "Succeeded",
         "Failed",
         "Suspended",

@@ -56,8 +56,8 @@ def test_pod_view_of_a_pending_unschedulable_pod():
         (PodView("p", 0, 0, "Failed", exit_code=78), "permanent", "InvalidConfig"),
         (PodView("p", 0, 0, "Failed", exit_code=79), "permanent", "Diverged"),
         (PodView("p", 0, 0, "Failed", exit_code=1, termination_message="Traceback...\nboom"), "retryable", "PodFailed"),
-        (PodView("p", 0, 0, "Failed", reason="Evicted"), "retryable", "Evicted"),
-        (PodView("p", 0, 0, "Unknown"), "retryable", "NodeLost"),
+        (PodView("p", 0, 0, "Failed", reason="Evicted"), "disruption", "Evicted"),
+        (PodView("p", 0, 0, "Unknown"), "disruption", "NodeLost"),
         (
             PodView("p", 0, 0, "Failed", exit_code=1, termination_message='{"llmtrain": true, "reason": "Diverged"}'),
             "permanent",

@@ -54,14 +54,17 @@ def test_policies_run_in_the_documented_order():
     assert [policy.__name__ for policy in POLICIES] == [
         "terminal_policy",
         "spec_validation_policy",
+        "gang_policy",
         "namesake_policy",
         "config_service_policy",
         "suspend_policy",
         "deadline_policy",
         "attempt_policy",
+        "resize_policy",
         "failure_policy",
         "success_policy",
         "pod_creation_policy",
+        "queue_policy",
         "running_policy",
         "startup_policy",
     ]
@@ -537,8 +540,8 @@ def test_startup_policy_explains_pods_pending_too_long_with_one_warning():
     running = ctx.condition("Running")
     assert running.status == "False" and running.reason == "Unschedulable"
     assert running.message.startswith("1 node pod(s) Pending over 300s; demo-node-1: 0/2 nodes are available")
-    assert reasons(ctx.decision) == [("Warning", "Unschedulable")]
-    stored = {**PENDING, "conditions": [running.model_dump(by_alias=True)]}
+    assert [reason for reason in reasons(ctx.decision) if reason[0] == "Warning"] == [("Warning", "Unschedulable")]
+    stored = {**PENDING, "conditions": [c.model_dump(by_alias=True) for c in ctx.status.conditions]}
     again = context_for(startup_policy, job(status=stored), seen(pod(0), unschedulable))
     startup_policy(again)
     assert again.decision.events == []

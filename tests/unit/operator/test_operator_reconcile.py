@@ -147,10 +147,19 @@ def test_termination_message_with_a_retryable_code_still_restarts():
 
 
 @pytest.mark.parametrize(("broken", "reason"), DISRUPTED_NODE_1)
-def test_evicted_or_lost_pods_restart_the_gang(broken, reason):
-    d = reconcile(job(status=RUNNING), seen(pod(0), broken), NOW, SETTINGS)
-    assert d.status["phase"] == "Restarting" and d.status["restarts"] == 1
+def test_evicted_or_lost_pods_restart_the_gang_without_using_the_backoff_limit(broken, reason):
+    d = reconcile(job(status=RUNNING, runPolicy={"backoffLimit": 0}), seen(pod(0), broken), NOW, SETTINGS)
+    assert d.status["phase"] == "Restarting" and d.status["restarts"] == 0
+    assert d.status["disruptions"] == 1 and d.status["attempt"] == 1
     assert cond(d, "Restarting")["reason"] == reason
+    assert ("Normal", "Disrupted") in [(e.type, e.reason) for e in d.events]
+
+
+@pytest.mark.parametrize(("broken", "reason"), DISRUPTED_NODE_1)
+def test_count_disruptions_charges_them_against_the_backoff_limit(broken, reason):
+    policy = {"backoffLimit": 0, "countDisruptions": True}
+    d = reconcile(job(status=RUNNING, runPolicy=policy), seen(pod(0), broken), NOW, SETTINGS)
+    assert d.status["phase"] == "Failed" and cond(d, "Failed")["reason"] == "BackoffLimitExceeded"
 
 
 def test_a_pod_vanishing_while_running_restarts_the_gang():
@@ -281,7 +290,7 @@ def test_pods_pending_past_the_startup_timeout_get_a_warning_that_says_why():
     running = cond(d, "Running")
     assert running["status"] == "False" and running["reason"] == "Unschedulable"
     assert "Insufficient nvidia.com/gpu" in running["message"]
-    assert [(e.type, e.reason) for e in d.events] == [("Warning", "Unschedulable")]
+    assert [(e.type, e.reason) for e in d.events] == [("Normal", "WaitingForCapacity"), ("Warning", "Unschedulable")]
     again = reconcile(job(status=d.status), seen(pod(0), pending), NOW + timedelta(seconds=10), SETTINGS)
     assert again.events == []  # same reason, no repeated warning
 
