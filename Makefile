@@ -42,9 +42,11 @@ cluster-bins: ## Build kube-apiserver, controller-manager, scheduler, kubectl, e
 	@bash hack/build-bins.sh
 
 # ---------------------------------------------------------------- local cluster
-.PHONY: cluster-up cluster-down cluster-status
+.PHONY: cluster-up cluster-down cluster-status kueue
 cluster-up: venv cluster-bins system-deps ## Start the local test bed (real control plane + process kubelet)
 	@$(PY) -m llmtrain_testbed up
+kueue: cluster-up ## Install Kueue (built from source by cluster-bins) into the running test bed
+	@$(PY) -m llmtrain_testbed.kueue up
 cluster-down: ## Stop the test bed; leaves no process behind
 	@$(PY) -m llmtrain_testbed down
 cluster-status: ## Show the test bed's components and nodes

@@ -4,12 +4,14 @@
 #   kube-apiserver, kube-controller-manager, kube-scheduler, kubectl  <- k8s.io/kubernetes (wrapper module)
 #   etcd                                                               <- go.etcd.io/etcd/server/v3 (wrapper module)
 #   helm, kubeconform                                                  <- go install
+#   kueue (manager) + its CRDs and webhook manifests                   <- sigs.k8s.io/kueue (wrapper module)
 set -euo pipefail
 
 K8S_VERSION="${K8S_VERSION:-v1.37.2}"
 ETCD_VERSION="${ETCD_VERSION:-v3.6.16}"
 HELM_VERSION="${HELM_VERSION:-v3.19.5}"
 KUBECONFORM_VERSION="${KUBECONFORM_VERSION:-v0.7.0}"
+KUEUE_VERSION="${KUEUE_VERSION:-v0.17.0}"
 CACHE="${LLMTRAIN_CACHE:-$HOME/.cache/llmtrain}"
 BIN="$CACHE/k8s-$K8S_VERSION/bin"
 WORK="$CACHE/k8s-$K8S_VERSION/build"
@@ -67,6 +69,22 @@ if ! have kubeconform; then
   log "building kubeconform $KUBECONFORM_VERSION"
   GOBIN="$BIN" go install -trimpath -ldflags "-s -w -X main.version=$KUBECONFORM_VERSION" \
     "github.com/yannh/kubeconform/cmd/kubeconform@$KUBECONFORM_VERSION"
+fi
+
+# Kueue: the manager runs as a test-bed process (llmtrain_testbed.kueue); its CRDs and webhook configurations come
+# from the same module version, copied next to the binary so the test bed needs no Go at run time.
+KUEUE_MANIFESTS="$BIN/../kueue-$KUEUE_VERSION"
+if ! have kueue || [ ! -f "$KUEUE_MANIFESTS/webhook.yaml" ]; then
+  log "building kueue $KUEUE_VERSION (cold build: ~10 min on 2 cores)"
+  mod="$WORK/kueue"; mkdir -p "$mod"; cd "$mod"
+  [ -f go.mod ] || go mod init llmtrain.dev/testbed/kueue >/dev/null 2>&1
+  go get "sigs.k8s.io/kueue@$KUEUE_VERSION" >/dev/null
+  go build -trimpath -ldflags "-s -w" -o "$BIN/kueue" sigs.k8s.io/kueue/cmd/kueue
+  src="$(go list -m -f '{{.Dir}}' sigs.k8s.io/kueue)"
+  mkdir -p "$KUEUE_MANIFESTS/crds"
+  cp "$src"/config/components/crd/bases/*.yaml "$KUEUE_MANIFESTS/crds/"
+  cp "$src/config/components/webhook/manifests.yaml" "$KUEUE_MANIFESTS/webhook.yaml"
+  chmod -R u+w "$KUEUE_MANIFESTS"
 fi
 
 log "binaries ready in $BIN"

@@ -25,7 +25,7 @@ log = logging.getLogger("testbed")
 
 CONTROL_PLANE = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler")
 # Stop order: the kubelet first, so it can stop its pods while the rest still runs.
-STOP_ORDER = ("kubelet", "kube-scheduler", "kube-controller-manager", "kube-apiserver", "etcd")
+STOP_ORDER = ("kueue", "kubelet", "kube-scheduler", "kube-controller-manager", "kube-apiserver", "etcd")
 DEFAULT_NODES = 2
 KUBELET_GRACE_S = 45.0  # the kubelet stops its pods on SIGTERM, honouring their grace periods
 

@@ -16,6 +16,10 @@ SCHEDULER_PORT = 10259
 ADVERTISE_ADDRESS = "10.88.0.1"  # the pod bridge's host address (network.py): pods reach the apiserver there
 SERVICE_CIDR = "10.96.0.0/16"
 SA_ISSUER = "https://kubernetes.default.svc.cluster.local"
+# The Kubernetes Workload API (scheduling.k8s.io/v1beta1 PodGroup, gang scheduling) is beta and off by default in
+# 1.37: the test bed turns it on in every component, so native gangs are tested against the real scheduler plugin.
+FEATURE_GATES = "--feature-gates=GenericWorkload=true"
+RUNTIME_CONFIG = "--runtime-config=scheduling.k8s.io/v1beta1=true"
 
 
 @dataclass(frozen=True)
@@ -70,6 +74,8 @@ def apiserver(state: Path, pki: Pki) -> Component:
         "--kubelet-preferred-address-types=InternalIP",
         "--allow-privileged=true",
         "--profiling=false",
+        FEATURE_GATES,
+        RUNTIME_CONFIG,
     ]
     return Component("kube-apiserver", argv, (("0.0.0.0", APISERVER_PORT),))
 
@@ -86,6 +92,7 @@ def _api_client_component(name: str, state: Path, kubeconfig: Path, port: int, f
         f"--secure-port={port}",
         f"--cert-dir={state / name.removeprefix('kube-')}",
         "--leader-elect=false",
+        FEATURE_GATES,
         *flags,
         "--profiling=false",
     ]

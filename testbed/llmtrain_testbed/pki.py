@@ -103,6 +103,20 @@ def ensure(directory: Path) -> Pki:
     return pki
 
 
+def ensure_server_cert(pki: Pki, name: str, ips: tuple[str, ...], dns: tuple[str, ...] = ()) -> tuple[Path, Path]:
+    """A serving certificate signed by the test bed's CA for an add-on (e.g. a webhook), made once and kept."""
+    crt, key_path = pki.crt(name), pki.key(name)
+    if crt.exists() and key_path.exists():
+        return crt, key_path
+    ca_key = serialization.load_pem_private_key(pki.key("ca").read_bytes(), password=None)
+    ca_cert = x509.load_pem_x509_certificate(pki.ca_crt.read_bytes())
+    key = _new_key()
+    leaf = _Leaf(name, name, server=True, ips=ips, dns=dns)
+    _write(key_path, _key_pem(key))
+    _write(crt, _leaf_certificate(leaf, key, ca_key, ca_cert).public_bytes(serialization.Encoding.PEM))  # type: ignore[arg-type]
+    return crt, key_path
+
+
 def _new_key() -> ec.EllipticCurvePrivateKey:
     return ec.generate_private_key(ec.SECP256R1())
 
