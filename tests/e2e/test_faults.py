@@ -133,3 +133,46 @@ def test_a_replaced_operator_adopts_the_running_job_without_duplicates(
     after = {p.metadata.uid for p in node_pods(cluster, namespace, "adopted")}
     assert after == before, "the new operator must adopt the existing pods, not recreate them"
     assert final["restarts"] == 0
+
+
+def test_an_evicted_pod_is_a_disruption_resumed_from_the_checkpoint_without_using_the_backoff_limit(
+    cluster: Cluster, operator: str, namespace: str
+) -> None:
+    claim = checkpoint_claim(cluster, namespace)
+    job = tiny_job("evicted", steps=STEPS, checkpoint_interval=INTERVAL, claim=claim)
+    job["spec"]["runPolicy"] = {**job["spec"].get("runPolicy", {}), "backoffLimit": 0}
+    create_job(cluster, namespace, job)
+    saved = wait_for_checkpoint(cluster, namespace, "evicted")
+
+    eviction = client.V1Eviction(metadata=client.V1ObjectMeta(name="evicted-node-1", namespace=namespace))
+    client.CoreV1Api(cluster.api_client).create_namespaced_pod_eviction("evicted-node-1", namespace, eviction)
+
+    wait_for(lambda: status(cluster, namespace, "evicted").get("disruptions") == 1, timeout=120, what="a disruption")
+    resumed = wait_for(
+        lambda: resumed_from_step(cluster, namespace, "evicted"), timeout=240, what="the new gang to load a checkpoint"
+    )
+    assert resumed >= saved
+    final = wait_phase(cluster, namespace, "evicted", "Succeeded", timeout=600)
+    assert final["disruptions"] == 1 and final["restarts"] == 0
+    assert final["progress"]["step"] == STEPS
+
+
+def test_more_nodes_mid_run_resume_from_the_saved_step_at_the_new_size(
+    cluster: Cluster, operator: str, namespace: str
+) -> None:
+    claim = checkpoint_claim(cluster, namespace)
+    job = tiny_job("grown", steps=STEPS, checkpoint_interval=INTERVAL, claim=claim)
+    job["spec"]["training"].update(globalBatchSize=12, microBatchSize=1)  # 4 ranks now, 6 after the resize
+    create_job(cluster, namespace, job)
+    wait_for_checkpoint(cluster, namespace, "grown")
+
+    patch_job(cluster, namespace, "grown", {"spec": {"nodes": 3}})
+
+    wait_for(lambda: len(node_pods(cluster, namespace, "grown")) == 3, timeout=180, what="3 node pods")
+    resumed = wait_for(
+        lambda: resumed_from_step(cluster, namespace, "grown"), timeout=240, what="the 3-node gang to load a checkpoint"
+    )
+    assert resumed >= INTERVAL
+    final = wait_phase(cluster, namespace, "grown", "Succeeded", timeout=600)
+    assert final["nodes"] == 3 and final["restarts"] == 0
+    assert final["progress"]["step"] == STEPS
