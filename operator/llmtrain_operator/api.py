@@ -25,6 +25,8 @@ from llmtrain_contract.sections import (
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
+from .constants import MAX_NODES
+
 # Schema markers read by crdgen (pydantic keeps unknown keys of json_schema_extra in the JSON schema).
 INT_OR_STRING = {"x-kubernetes-int-or-string": True}
 PRESERVE_UNKNOWN = {"x-kubernetes-preserve-unknown-fields": True}
@@ -143,7 +145,7 @@ class LLMTrainingJobSpec(_Model):
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = Field(
         "IfNotPresent", description="Pull policy of the trainer image."
     )
-    nodes: int = Field(1, ge=1, le=4096, description="Number of node pods (torchrun --nnodes).")
+    nodes: int = Field(1, ge=1, le=MAX_NODES, description="Number of node pods (torchrun --nnodes).")
     procs_per_node: int | Literal["auto"] = Field(
         "auto",
         description="Worker processes per pod (torchrun --nproc-per-node): an integer, or 'auto' = the pod's GPU "

@@ -8,7 +8,9 @@
 * Apply order: status first (conditional on resourceVersion), then deletes, config updates, creates, events. A
   conflict means another write raced us: drop the decision and reconcile again from fresh state. Creates and
   deletes are idempotent: AlreadyExists and NotFound are outcomes, not errors.
-* A failure anywhere is logged with its traceback and counted in llmtrain_operator_reconcile_errors_total{stage},
+* A create the API server rejects (4xx other than AlreadyExists: a quota, an admission webhook, RBAC) is recorded
+  and handed to the next reconcile, which runs at once and reports it (Created=False/CreateFailed, Warning event).
+* A failure anywhere else is logged with its traceback and counted in llmtrain_operator_reconcile_errors_total{stage},
   then retried; nothing is swallowed.
 
 No kopf here: handlers.py registers the kopf handlers that drive a Controller.
@@ -33,7 +35,7 @@ from .expectations import Expectations
 from .kubeapi import ApiError, gather_limited
 from .observe import PodView, controller_uid, pod_view
 from .progress import fetch_progress
-from .reconcile import Decision, Event, JobView, Observed, OperatorSettings, reconcile
+from .reconcile import CreateFailure, Decision, Event, JobView, Observed, OperatorSettings, reconcile
 from .timestamps import rfc3339
 
 log = logging.getLogger("llmtrain_operator")
@@ -87,6 +89,7 @@ class JobSlot:
     expectations: Expectations = field(default_factory=Expectations)
     progress: Progress | None = None  # the latest training-progress sample, handed to the next reconcile
     phase: str | None = None
+    create_failure: CreateFailure | None = None  # the latest rejected create, until creates go through again
 
 
 @dataclass
@@ -189,6 +192,7 @@ class Controller:
             service="Service" in slot.known_children,
             taken=frozenset(taken),
             config=config,
+            create_failure=slot.create_failure,
         )
 
     def _indexed_pods(self, key: Key) -> list[PodView]:
@@ -269,8 +273,12 @@ class Controller:
         assert self.client is not None
         creates = [self.client.create(manifest) for manifest in decision.creates]
         results = await gather_limited(creates, limit=WRITE_CONCURRENCY)
+        rejected: list[str] = []
         for manifest, result in zip(decision.creates, results, strict=True):
             kind, name = manifest["kind"], manifest["metadata"]["name"]
+            if is_rejection(result):
+                rejected.append(str(result))
+                continue
             if isinstance(result, BaseException):
                 _raise_unless_gone(result, f"create {kind} {job.namespace}/{name}")
                 continue
@@ -282,6 +290,14 @@ class Controller:
                     log.info("job %s/%s: created pod %s (attempt %s)", job.namespace, job.name, name, view.attempt)
             elif result:  # a 409 may be a deleted namesake's leftover: the next _observe looks at the owner
                 slot.known_children.add(kind)
+        if rejected:
+            message = rejected[0] if len(rejected) == 1 else f"{len(rejected)} creates rejected; first: {rejected[0]}"
+            log.warning("job %s/%s: %s", job.namespace, job.name, message)
+            metrics.CREATES_REJECTED.inc(len(rejected))
+            slot.create_failure = CreateFailure(message, now)
+            slot.dirty = True  # report it now (the next reconcile holds creates back until the retry is due)
+        elif decision.creates:
+            slot.create_failure = None
 
     async def _delete_children(self, job: JobView, slot: JobSlot, decision: Decision, now: datetime) -> None:
         assert self.client is not None
@@ -351,6 +367,12 @@ class Controller:
                 return
 
 
+def is_rejection(result: object) -> bool:
+    """The API server refused a write for a reason the job's owner must see (quota, admission, RBAC, invalid):
+    a 4xx other than 404 (the namespace is going away) and 409 (AlreadyExists, an outcome)."""
+    return isinstance(result, ApiError) and 400 <= result.status < 500 and result.status not in (404, 409)
+
+
 def _raise_unless_gone(error: BaseException, what: str) -> None:
     if isinstance(error, ApiError) and error.status == 404:
         return  # e.g. the namespace is being deleted
@@ -371,7 +393,7 @@ def event_manifest(job_body: dict[str, Any], event: Event, now: datetime) -> dic
     return {
         "apiVersion": "v1",
         "kind": "Event",
-        "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+        "metadata": {"generateName": f"{meta['name'][:200]}.", "namespace": meta["namespace"]},  # name <= 253
         "involvedObject": {
             "apiVersion": f"{GROUP}/{VERSION}",
             "kind": KIND,

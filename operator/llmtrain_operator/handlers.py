@@ -1,7 +1,9 @@
 """kopf wiring: registers the handlers that drive a controller.Controller. No policy and no runtime logic here.
 
 * LLMTrainingJob events and node-pod events both just *trigger* a reconcile of the job (the Controller coalesces).
-* Node pods are kept in a kopf index (label llmtrain.dev/job-name) as PodViews, so a reconcile lists nothing.
+* Node pods are kept in a kopf index (label llmtrain.dev/job-name) as PodViews, keyed by the job that controls
+  them (its ownerReference: the label holds a shortened name for jobs named longer than 63), so a reconcile lists
+  nothing.
 * Startup starts the Controller's resync loop; login gives it its Kubernetes client.
 """
 
@@ -17,7 +19,7 @@ import kopf
 from .constants import GROUP, LABEL_JOB, PLURAL, VERSION
 from .controller import Controller, Key
 from .kubeapi import KubeClient
-from .observe import PodView, pod_view
+from .observe import PodView, owning_job, pod_view
 
 
 def in_cluster_login(**kwargs: Any) -> kopf.ConnectionInfo | None:
@@ -58,7 +60,7 @@ def register(registry: kopf.OperatorRegistry, controller: Controller) -> None:
 
     @kopf.index("pods", labels={LABEL_JOB: kopf.PRESENT}, registry=registry, id="node_pods")
     def node_pods(body: kopf.Body, namespace: str, labels: kopf.Labels, **_: Any) -> dict[Key, PodView]:
-        return {(namespace, labels[LABEL_JOB]): pod_view(dict(body))}
+        return {(namespace, owning_job(dict(body)) or labels[LABEL_JOB]): pod_view(dict(body))}
 
     @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry, id="job_event")
     async def job_event(type: str, namespace: str, name: str, node_pods: kopf.Index, **_: Any) -> None:
@@ -69,8 +71,8 @@ def register(registry: kopf.OperatorRegistry, controller: Controller) -> None:
         await controller.trigger((namespace, name))
 
     @kopf.on.event("pods", labels={LABEL_JOB: kopf.PRESENT}, registry=registry, id="pod_event")
-    async def pod_event(namespace: str, labels: kopf.Labels, node_pods: kopf.Index, **_: Any) -> None:
+    async def pod_event(body: kopf.Body, namespace: str, labels: kopf.Labels, node_pods: kopf.Index, **_: Any) -> None:
         controller.pods_index = node_pods
-        key = (namespace, labels[LABEL_JOB])
+        key = (namespace, owning_job(dict(body)) or labels[LABEL_JOB])
         if key in controller.slots:  # pods of jobs we have never seen are not ours to act on yet
             await controller.trigger(key)

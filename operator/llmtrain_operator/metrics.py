@@ -7,6 +7,10 @@ from prometheus_client import Counter, Gauge, Histogram
 JOBS = Gauge("llmtrain_operator_jobs", "LLMTrainingJobs known to this operator, by phase.", ["phase"])
 TRANSITIONS = Counter("llmtrain_operator_phase_transitions_total", "Job phase transitions.", ["from_phase", "to_phase"])
 PODS_CREATED = Counter("llmtrain_operator_pods_created_total", "Node pods created.")
+CREATES_REJECTED = Counter(
+    "llmtrain_operator_creates_rejected_total",
+    "Creates the API server refused (quota, admission, RBAC); each also sets Created=False/CreateFailed on the job.",
+)
 PODS_DELETED = Counter("llmtrain_operator_pods_deleted_total", "Node pods deleted.")
 GANG_RESTARTS = Counter("llmtrain_operator_gang_restarts_total", "Gang restarts after retryable failures.")
 RECONCILE_SECONDS = Histogram(

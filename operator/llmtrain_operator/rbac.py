@@ -11,6 +11,8 @@ RULES: list[dict[str, list[str]]] = [
     # The custom resource: watched, read, deleted when ttlSecondsAfterFinished expires; status written.
     {"apiGroups": [GROUP], "resources": [PLURAL], "verbs": ["get", "list", "watch", "delete"]},
     {"apiGroups": [GROUP], "resources": [f"{PLURAL}/status"], "verbs": ["get", "patch", "update"]},
+    # Children carry blockOwnerDeletion: under OwnerReferencesPermissionEnforcement that needs update on finalizers.
+    {"apiGroups": [GROUP], "resources": [f"{PLURAL}/finalizers"], "verbs": ["update"]},
     # Children.
     {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch", "create", "delete"]},
     {"apiGroups": [""], "resources": ["services"], "verbs": ["get", "create", "delete"]},

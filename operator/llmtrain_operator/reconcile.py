@@ -11,6 +11,7 @@ the job's state for this round returns the Decision, later ones never see it:
     terminal_policy          a Failed/Succeeded job: cleanPodPolicy, then ttlSecondsAfterFinished
     spec_validation_policy   an invalid spec (or dev-command annotation) fails the job with InvalidSpec
     namesake_policy          wait while a deleted job of the same name still holds the config or Service name
+    create_failure_policy    a create the API server rejected -> Created=False/CreateFailed + Warning; creates pause
     config_service_policy    create the ConfigMap and Service when missing
     suspend_policy           suspend deletes the pods and stops there; resume returns the job to Pending
     deadline_policy          runPolicy.activeDeadlineSeconds, counted from the current run's start
@@ -18,7 +19,8 @@ the job's state for this round returns the Decision, later ones never see it:
     failure_policy           permanent exit -> Failed; retryable (exit, eviction, node loss) -> gang restart
                              within backoffLimit, else BackoffLimitExceeded
     success_policy           every node pod Succeeded -> Succeeded, with rank 0's final progress
-    pod_creation_policy      create the attempt's missing pods once their names are free (config re-rendered)
+    pod_creation_policy      create the attempt's missing pods once their names are free (config re-rendered);
+                             Created=True once every node pod exists
     running_policy           every node pod Running -> Running
     startup_policy           pods Pending past startupTimeoutSeconds get a condition (and a Warning) saying why
 """
@@ -43,6 +45,7 @@ from .timestamps import parse_time, rfc3339
 from .validate import parse_spec, validate_spec
 
 RETRY_SOON = 1.0  # seconds; while pods terminate or names are still taken
+CREATE_RETRY_SECONDS = 5.0  # after the API server rejected a create (quota, admission webhook, RBAC)
 
 
 @dataclass(frozen=True)
@@ -76,6 +79,14 @@ class JobView:
 
 
 @dataclass(frozen=True)
+class CreateFailure:
+    """A create the API server refused with a 4xx other than AlreadyExists: the message is the API's own."""
+
+    message: str
+    at: datetime
+
+
+@dataclass(frozen=True)
 class Observed:
     """Children that exist now (pods of any attempt, including terminating ones)."""
 
@@ -86,6 +97,8 @@ class Observed:
     taken: frozenset[str] = frozenset()
     # The ConfigMap's data when it was read for this reconcile (before a new attempt's pods), else None.
     config: dict[str, str] | None = None
+    # The latest create the API server rejected (cleared once creates go through again).
+    create_failure: CreateFailure | None = None
 
 
 @dataclass(frozen=True)
@@ -179,6 +192,7 @@ class ReconcileContext:
         self._spec: LLMTrainingJobSpec | None = None
         self.command: list[str] | None = None  # the dev-command annotation, when the operator honours it
         self.current: list[PodView] = []  # this attempt's node pods, set by attempt_policy
+        self.hold_creates = False  # set by create_failure_policy while a rejected create waits for its retry
 
     # -- the accepted spec ---------------------------------------------------------------------------------------
     def accept(self, spec: LLMTrainingJobSpec, command: list[str] | None) -> None:
@@ -371,8 +385,29 @@ def namesake_policy(ctx: ReconcileContext) -> Decision | None:
     return None
 
 
+def create_failure_policy(ctx: ReconcileContext) -> Decision | None:
+    """A create the API server rejected (a ResourceQuota, an admission webhook, RBAC) is reported at once: the
+    Created condition turns False with reason CreateFailed and the API's message, with one Warning event per
+    distinct message. Creates pause for CREATE_RETRY_SECONDS, then are retried; the job proceeds once the cause is
+    lifted."""
+    failure = ctx.observed.create_failure
+    if failure is None:
+        return None
+    created = ctx.condition("Created")
+    if created is None or created.reason != "CreateFailed" or created.message != failure.message:
+        ctx.event("Warning", "CreateFailed", failure.message)
+    ctx.set_condition("Created", "False", "CreateFailed", failure.message)
+    wait = (failure.at + timedelta(seconds=CREATE_RETRY_SECONDS) - ctx.now).total_seconds()
+    if wait > 0:
+        ctx.hold_creates = True
+        ctx.decision.requeue(wait)
+    return None
+
+
 def config_service_policy(ctx: ReconcileContext) -> Decision | None:
     """The ConfigMap and the headless Service exist whenever the job is not finished, suspended ones included."""
+    if ctx.hold_creates:
+        return None
     if not ctx.observed.config_map:
         ctx.decision.creates.append(build_config_map(ctx.job.ref, ctx.spec))
     if not ctx.observed.service:
@@ -480,27 +515,33 @@ def success_policy(ctx: ReconcileContext) -> Decision | None:
 
 
 def pod_creation_policy(ctx: ReconcileContext) -> Decision | None:
-    """Create the missing node pods of this attempt once their names are free (requeue while they are not)."""
+    """Create the missing node pods of this attempt once their names are free (requeue while they are not).
+
+    Status counts only pods that exist: the pods created here are counted by the next reconcile, and the Created
+    condition turns True once every node pod of the attempt exists.
+    """
     status, nodes = ctx.status, ctx.spec.nodes
     taken = {pod.name for pod in ctx.observed.pods} | ctx.observed.taken
     present = {pod.rank for pod in ctx.current}
     missing = [rank for rank in range(nodes) if rank not in present]
+    created = ctx.condition("Created")
+    first_pods = created is None and status.phase == "Pending"
+    if not missing and (first_pods or (created is not None and created.status != "True")):
+        message = f"created config, service and {nodes} node pods"
+        ctx.set_condition("Created", "True", "ChildrenCreated", message)
+        ctx.event("Normal", "Created", message)
+    if ctx.hold_creates:
+        return None
     creatable = [rank for rank in missing if pod_name(ctx.job.name, rank) not in taken]
     if creatable:
         _rerender_config(ctx)
     for rank in creatable:
         pod = build_pod(ctx.job.ref, ctx.spec, rank, status.restarts, ctx.settings.default_image, ctx.command)
         ctx.decision.creates.append(pod)
-    status.active += len(creatable)  # count them now, so this decision's status write is not followed by another
     if creatable and status.start_time is None:
         status.start_time = rfc3339(ctx.now)
     if len(creatable) < len(missing) or any(pod.terminating for pod in ctx.observed.pods):
         ctx.decision.requeue(RETRY_SOON)
-    created = ctx.condition("Created")
-    if creatable and (created is None or created.status != "True"):
-        message = f"created config, service and {nodes} node pods"
-        ctx.set_condition("Created", "True", "ChildrenCreated", message)
-        ctx.event("Normal", "Created", message)
     return None
 
 
@@ -558,6 +599,7 @@ POLICIES: tuple[Policy, ...] = (
     terminal_policy,
     spec_validation_policy,
     namesake_policy,
+    create_failure_policy,
     config_service_policy,
     suspend_policy,
     deadline_policy,

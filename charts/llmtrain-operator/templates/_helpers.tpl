@@ -62,6 +62,10 @@ tests/unit/ship/test_chart_render.py compares the rendered rules with it.
 - apiGroups: ["llmtrain.dev"]
   resources: ["llmtrainingjobs/status"]
   verbs: ["get", "patch", "update"]
+# blockOwnerDeletion on the children's ownerReferences: OwnerReferencesPermissionEnforcement requires it.
+- apiGroups: ["llmtrain.dev"]
+  resources: ["llmtrainingjobs/finalizers"]
+  verbs: ["update"]
 # The job's children.
 - apiGroups: [""]
   resources: ["pods"]

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from llmtrain_operator.constants import job_label_value
 from llmtrain_testbed.testing import Cluster, wait_for
 
 REPO = Path(__file__).resolve().parents[3]
@@ -81,7 +82,14 @@ class Kube:
         return self.job(name).get("status") or {}
 
     def pods(self, job: str) -> list[dict[str, Any]]:
-        return self.get("pods", selector=f"llmtrain.dev/job-name={job}")["items"]
+        return self.get("pods", selector=f"llmtrain.dev/job-name={job_label_value(job)}")["items"]
+
+    def delete(self, kind: str, name: str) -> None:
+        self.cluster.kubectl("delete", kind, name, "-n", self.ns, "--wait=true")
+
+    def condition(self, name: str, condition_type: str) -> dict[str, Any]:
+        conditions = self.status(name).get("conditions") or []
+        return next((c for c in conditions if c["type"] == condition_type), {})
 
     def merge_patch(self, kind: str, name: str, patch: dict[str, Any]) -> None:
         self.cluster.kubectl("patch", kind, name, "-n", self.ns, "--type=merge", "-p", json.dumps(patch))

@@ -6,10 +6,12 @@ import asyncio
 import copy
 import logging
 from collections.abc import Awaitable, Callable
+from datetime import timedelta
 from typing import Any
 
 import pytest
 from llmtrain_operator import controller as controller_module
+from llmtrain_operator import reconcile as reconcile_module
 from llmtrain_operator.controller import Controller, KubeApi, event_manifest
 from llmtrain_operator.kubeapi import ApiError
 from llmtrain_operator.observe import PodView
@@ -167,17 +169,20 @@ def test_a_new_job_gets_its_status_then_its_children_then_its_events():
     kube.add_job()
 
     async def scenario() -> None:
-        await make_controller(kube).trigger(KEY)
+        controller = make_controller(kube)
+        await controller.trigger(KEY)
+        assert kube.writes == [
+            ("status", "LLMTrainingJob", "demo"),
+            ("create", "ConfigMap", "demo-config"),
+            ("create", "Service", "demo"),
+            ("create", "Pod", "demo-node-0"),
+            ("create", "Pod", "demo-node-1"),
+        ]
+        assert kube.job()["status"]["phase"] == "Pending" and kube.job()["status"]["active"] == 0  # none existed yet
+        await controller.trigger(KEY)  # the pods' watch events
 
     run(scenario)
-    assert kube.writes == [
-        ("status", "LLMTrainingJob", "demo"),
-        ("create", "ConfigMap", "demo-config"),
-        ("create", "Service", "demo"),
-        ("create", "Pod", "demo-node-0"),
-        ("create", "Pod", "demo-node-1"),
-    ]
-    assert kube.job()["status"]["phase"] == "Pending" and kube.job()["status"]["active"] == 2
+    assert kube.job()["status"]["active"] == 2  # counted once they exist
     assert [event["reason"] for event in kube.events] == ["Created"]
 
 
@@ -351,6 +356,41 @@ def test_a_not_found_from_a_terminating_namespace_is_not_an_error():
     before = errors("apply")
     run(scenario)
     assert errors("apply") == before
+
+
+QUOTA = 'pods "demo-node-0" is forbidden: exceeded quota: no-pods, requested: pods=1, used: pods=0, limited: pods=0'
+
+
+def test_a_create_the_api_rejects_is_reported_in_the_same_trigger_and_retried_once_the_cause_is_lifted():
+    kube = FakeKube()
+    kube.add_job()
+    kube.fail[("create", "Pod")] = ApiError(403, {"message": QUOTA}, "create Pod ns/demo-node-0")
+
+    async def scenario() -> None:
+        controller = make_controller(kube)
+        await controller.trigger(KEY)  # creates rejected, then one more reconcile at once to report it
+        created = next(c for c in kube.job()["status"]["conditions"] if c["type"] == "Created")
+        assert created["status"] == "False" and created["reason"] == "CreateFailed" and QUOTA in created["message"]
+        assert [(e["type"], e["reason"]) for e in kube.events] == [("Warning", "CreateFailed")]
+        assert QUOTA in kube.events[0]["message"] and "2 creates rejected" in kube.events[0]["message"]
+        assert kube.job()["status"]["active"] == 0  # nothing exists, nothing counted
+        assert controller.slots[KEY].requeue is not None  # the retry
+
+        del kube.fail[("create", "Pod")]  # the quota is deleted
+        controller.clock = lambda: NOW + timedelta(seconds=reconcile_module.CREATE_RETRY_SECONDS)
+        await controller.trigger(KEY)  # the retry creates the pods
+        assert [w for w in kube.writes if w[:2] == ("create", "Pod")] == [
+            ("create", "Pod", "demo-node-0"),
+            ("create", "Pod", "demo-node-1"),
+        ]
+        await controller.trigger(KEY)  # their watch events: they exist now
+        created = next(c for c in kube.job()["status"]["conditions"] if c["type"] == "Created")
+        assert created["status"] == "True" and created["reason"] == "ChildrenCreated"
+        assert kube.job()["status"]["active"] == 2
+
+    before = errors("apply")
+    run(scenario)
+    assert errors("apply") == before  # a rejection is the job's condition, not an operator error
 
 
 # ----- errors are logged, counted and retried ---------------------------------------------------------------------

@@ -137,6 +137,7 @@ def test_cli_flags_and_env(monkeypatch):
 
 def test_rbac_grants_what_the_operator_does():
     assert rbac.allows("llmtrain.dev", "llmtrainingjobs/status", "patch")
+    assert rbac.allows("llmtrain.dev", "llmtrainingjobs/finalizers", "update")  # blockOwnerDeletion
     assert rbac.allows("", "pods", "create") and rbac.allows("", "pods", "watch")
     assert rbac.allows("", "events", "create")
     assert rbac.allows("apiextensions.k8s.io", "customresourcedefinitions", "watch")

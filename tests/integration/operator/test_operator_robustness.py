@@ -1,0 +1,98 @@
+"""The operator against a real API server when things are awkward: job names that are valid but do not fit a
+Service or a hostname, and creates the API server rejects (a ResourceQuota) until the cause is lifted."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from llmtrain_operator.constants import config_map_name, pod_name, rendezvous_host, service_name
+from llmtrain_testbed.testing import Cluster, wait_for
+
+from .kube import CRD, SLEEP_FOREVER, Kube, OperatorProcess, job_manifest, running_operator
+
+
+@pytest.fixture(scope="module")
+def crd(cluster: Cluster) -> None:
+    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
+    cluster.kubectl("wait", "--for=condition=Established", "crd/llmtrainingjobs.llmtrain.dev", "--timeout=60s")
+
+
+@pytest.fixture
+def kube(cluster: Cluster, namespace: str, crd: None) -> Kube:
+    return Kube(cluster, namespace)
+
+
+@pytest.fixture
+def operator(cluster: Cluster, namespace: str, crd: None) -> Iterator[OperatorProcess]:
+    with running_operator(cluster, namespace) as op:
+        yield op
+
+
+# Each node resolves the rendezvous host (MASTER_ADDR) the way torchrun would, then exits 0; 3 (retryable) if not.
+RESOLVE_RENDEZVOUS = """\
+import socket
+deadline = time.time() + 60
+while True:
+    try:
+        socket.getaddrinfo(os.environ['MASTER_ADDR'], None)
+        break
+    except OSError:
+        if time.time() > deadline:
+            sys.exit(3)
+        time.sleep(1)
+time.sleep(1)
+"""
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["llama-3.1-8b", "long-" + "x" * 95],  # a dot (no Service may have one); 100 characters (no hostname may)
+    ids=["dotted", "100-characters"],
+)
+def test_any_valid_job_name_gets_valid_children_and_succeeds(kube: Kube, operator: OperatorProcess, name: str):
+    assert len(name) <= 253
+    kube.create(job_manifest(name, RESOLVE_RENDEZVOUS, nodes=2, runPolicy={"backoffLimit": 0}))
+    pods = wait_for(lambda: len(p := kube.pods(name)) == 2 and p, timeout=30, what="2 node pods")
+
+    assert kube.get("service", service_name(name)) is not None
+    assert kube.get("configmap", config_map_name(name)) is not None
+    for pod in pods:
+        rank = int(pod["metadata"]["labels"]["llmtrain.dev/node-rank"])
+        assert pod["metadata"]["name"] == pod["spec"]["hostname"] == pod_name(name, rank)
+        assert len(pod["spec"]["hostname"]) <= 63 and "." not in pod["spec"]["hostname"]
+        assert pod["spec"]["subdomain"] == service_name(name)
+        env = {e["name"]: e.get("value") for e in pod["spec"]["containers"][0]["env"]}
+        assert env["MASTER_ADDR"] == rendezvous_host(name) and env["LLMTRAIN_JOB_NAME"] == name
+
+    status = kube.wait_phase(name, "Succeeded", timeout=120)
+    assert status["restarts"] == 0
+
+
+def test_a_quota_that_forbids_pods_is_reported_and_the_job_proceeds_once_it_is_lifted(
+    kube: Kube, operator: OperatorProcess
+):
+    kube.apply(
+        {"apiVersion": "v1", "kind": "ResourceQuota", "metadata": {"name": "no-pods"}, "spec": {"hard": {"pods": "0"}}}
+    )
+    wait_for(
+        lambda: (kube.get("resourcequota", "no-pods").get("status") or {}).get("hard"),
+        timeout=30,
+        what="the quota's status to be computed",
+    )
+    kube.create(job_manifest("quota", SLEEP_FOREVER, nodes=1))
+
+    created = wait_for(
+        lambda: (c := kube.condition("quota", "Created")).get("reason") == "CreateFailed" and c,
+        timeout=30,
+        what="Created=False/CreateFailed",
+    )
+    assert created["status"] == "False" and "exceeded quota" in created["message"]
+    warnings = [e for e in kube.events("quota") if e["type"] == "Warning" and e["reason"] == "CreateFailed"]
+    assert warnings and "exceeded quota" in warnings[0]["message"]
+    assert kube.pods("quota") == [] and kube.status("quota").get("active", 0) == 0  # status counts what exists
+
+    kube.delete("resourcequota", "no-pods")
+    status = kube.wait_phase("quota", "Running", timeout=60)
+    assert status["active"] == 1 and len(kube.pods("quota")) == 1
+    assert kube.condition("quota", "Created")["status"] == "True"
