@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from dataclasses import replace
@@ -36,6 +37,11 @@ def in_cluster_login(**kwargs: Any) -> kopf.ConnectionInfo | None:
     return replace(info, server=f"https://{host}:{port}")
 
 
+def log_in(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    """In the cluster: the service account (its token file is read anew on every call); outside: the kubeconfig."""
+    return in_cluster_login(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+
+
 def register(registry: kopf.OperatorRegistry, controller: Controller) -> None:
     """Attach the handlers to `registry`, closing over `controller`."""
 
@@ -53,9 +59,10 @@ def register(registry: kopf.OperatorRegistry, controller: Controller) -> None:
 
     @kopf.on.login(registry=registry, id="login")
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
-        info = in_cluster_login(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+        info = log_in(**kwargs)
         if info is not None and controller.client is None:
-            controller.client = KubeClient(info)
+            # kopf logs in again for its own watches when refused; our client does the same, with the same handler.
+            controller.client = KubeClient(info, login=functools.partial(log_in, **kwargs))
         return info
 
     @kopf.index("pods", labels={LABEL_JOB: kopf.PRESENT}, registry=registry, id="node_pods")

@@ -27,6 +27,11 @@ RECONCILE_ERRORS = Counter(
 )
 for _stage in ERROR_STAGES:
     RECONCILE_ERRORS.labels(_stage)  # every series exported from the start, at 0, so rate() sees the first error
+API_RETRIES = Counter(
+    "llmtrain_operator_api_retries_total",
+    "Kubernetes API requests repeated after 429, 5xx or a dropped connection (code 0), by the status that caused it.",
+    ["code"],
+)
 API_REQUESTS = Counter(
     "llmtrain_operator_api_requests_total",
     "Kubernetes API requests made by the operator (kopf's own watches not included).",
