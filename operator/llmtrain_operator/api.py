@@ -90,6 +90,13 @@ class RunPolicy(_Model):
     startup_timeout_seconds: int = Field(
         300, ge=1, description="Report why (event and condition) when a node pod stays Pending longer than this."
     )
+    stall_timeout_seconds: int = Field(
+        1800,
+        ge=0,
+        description="Restart the gang (reason Stalled, counted against backoffLimit) when rank 0's step has not "
+        "advanced for this long while Running; 0 disables. Not while its metrics cannot be read (condition "
+        "Progressing=Unknown says so).",
+    )
 
 
 class SchedulingSpec(_Model):
@@ -175,14 +182,16 @@ class LLMTrainingJobSpec(_Model):
 
 
 Phase = Literal["Pending", "Running", "Restarting", "Succeeded", "Failed", "Suspended"]
-ConditionType = Literal["Created", "Running", "Restarting", "Succeeded", "Failed", "Suspended"]
+ConditionType = Literal["Created", "Running", "Progressing", "Restarting", "Succeeded", "Failed", "Suspended"]
 TERMINAL_PHASES = ("Succeeded", "Failed")
 
 
 class Condition(_Model):
     """One observed aspect of the job, Kubernetes-style."""
 
-    type: ConditionType = Field(description="Created, Running, Restarting, Succeeded, Failed or Suspended.")
+    type: ConditionType = Field(
+        description="Created, Running, Progressing, Restarting, Succeeded, Failed or Suspended."
+    )
     status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
     reason: str = Field("", description="CamelCase machine-readable reason for the last transition.")
     message: str = Field("", description="Human-readable detail.")
@@ -201,6 +210,11 @@ class Progress(_Model):
     mfu: float | None = Field(None, description="Model FLOPs utilisation (0-1).")
     eta: str | None = Field(None, description="Estimated time left, e.g. 1h02m03s.")
     last_checkpoint_step: int | None = Field(None, description="Step of the newest complete checkpoint.")
+    last_step_time: str | None = Field(
+        None,
+        description="When the operator first saw the current step (RFC 3339): the clock of stallTimeoutSeconds.",
+        json_schema_extra={"format": "date-time"},
+    )
 
 
 class LLMTrainingJobStatus(_Model):

@@ -34,8 +34,19 @@ from .constants import GROUP, KIND, VERSION, config_map_name, service_name
 from .expectations import Expectations
 from .kubeapi import ApiError, gather_limited
 from .observe import PodView, controller_uid, pod_view
-from .progress import fetch_progress
-from .reconcile import CreateFailure, Decision, Event, JobView, Observed, OperatorSettings, reconcile
+from .progress import MetricsUnreachable, fetch_progress, scrape_backoff
+from .reconcile import (
+    CreateFailure,
+    Decision,
+    Event,
+    JobView,
+    Observed,
+    OperatorSettings,
+    reconcile,
+)
+from .reconcile import (
+    MetricsUnreachable as Unreadable,
+)
 from .timestamps import rfc3339
 
 log = logging.getLogger("llmtrain_operator")
@@ -46,6 +57,9 @@ Decide = Callable[[JobView, Observed, datetime, OperatorSettings, Progress | Non
 ERROR_RETRY_SECONDS = 5.0  # after a failed reconcile
 CONFLICT_PAUSE_SECONDS = 0.05  # before re-reading a job whose status write lost a race
 WRITE_CONCURRENCY = 64  # creates or deletes in flight per job
+SCRAPE_TIMEOUT_SECONDS = 2.0  # per metrics read: a dead endpoint must not hold the resync up
+SCRAPE_CONCURRENCY = 32  # metrics reads in flight across all jobs
+DEFAULT_METRICS_PORT = 9090
 
 
 class KubeApi(Protocol):
@@ -90,6 +104,11 @@ class JobSlot:
     progress: Progress | None = None  # the latest training-progress sample, handed to the next reconcile
     phase: str | None = None
     create_failure: CreateFailure | None = None  # the latest rejected create, until creates go through again
+    metrics_port: int = DEFAULT_METRICS_PORT  # spec.metrics.port as of the last reconcile
+    metrics_pod: str | None = None  # the node pod whose metrics held the job's step last time (global rank 0)
+    metrics_unreachable: Unreadable | None = None  # why reads of the job's metrics fail, and since when
+    scrape_failures: int = 0  # unreachable reads in a row
+    next_scrape_at: float = 0.0  # loop time before which the job's metrics are not read (back-off)
 
 
 @dataclass
@@ -161,6 +180,7 @@ class Controller:
                 self.forget(key)
                 return
             job = JobView.from_body(body)
+            slot.metrics_port = int((job.spec.get("metrics") or {}).get("port") or DEFAULT_METRICS_PORT)
             if slot.uid != job.uid:  # a new job with the same name: forget what we knew about the old one
                 slot.uid, slot.known_children, slot.expectations = job.uid, set(), Expectations()
             observed = await self._observe(job, slot)
@@ -193,6 +213,7 @@ class Controller:
             taken=frozenset(taken),
             config=config,
             create_failure=slot.create_failure,
+            metrics_unreachable=slot.metrics_unreachable,
         )
 
     def _indexed_pods(self, key: Key) -> list[PodView]:
@@ -340,31 +361,59 @@ class Controller:
             await self.resync()
 
     async def resync(self) -> None:
-        """Sample every known job's training progress, then re-trigger it."""
-        for key in list(self.slots):
-            try:
-                await self._sample_progress(key)
-            except Exception:
+        """Sample the training progress of every unfinished job (concurrently, each read bounded by a short
+        timeout, unreachable endpoints backed off per job), then re-trigger those jobs. Finished jobs are left
+        out: their pod events and TTL requeue are all they still need."""
+        keys = [key for key, slot in self.slots.items() if slot.phase not in TERMINAL_PHASES]
+        results = await gather_limited([self._sample_progress(key) for key in keys], limit=SCRAPE_CONCURRENCY)
+        for key, result in zip(keys, results, strict=True):
+            if isinstance(result, Exception):
                 metrics.RECONCILE_ERRORS.labels("progress").inc()
-                log.exception("reading the training progress of job %s/%s failed", *key)
+                log.error("reading the training progress of job %s/%s failed", *key, exc_info=result)
             self.spawn(key)
 
     async def _sample_progress(self, key: Key) -> None:
         slot = self.slots.get(key)
-        if slot is None or slot.phase != "Running" or self.pods_index is None or self.client is None:
+        if slot is None or self.pods_index is None:
+            return
+        if slot.phase != "Running":
+            slot.metrics_unreachable, slot.scrape_failures, slot.next_scrape_at = None, 0, 0.0
+            return
+        now = asyncio.get_running_loop().time()
+        if now < slot.next_scrape_at:
             return
         ours = (pod for pod in self._indexed_pods(key) if pod.owner_uid in (None, slot.uid))
         pods = sorted((pod for pod in ours if pod.ip and not pod.finished), key=lambda pod: pod.rank)
         if not pods:
             return
-        body = await self.client.get(KIND, *key)
-        port = int(((body or {}).get("spec", {}).get("metrics") or {}).get("port", 9090))
-        # Global rank 0 serves the job's metrics; c10d rendezvous usually, not always, puts it on node 0.
-        for pod in pods:
-            sample = await asyncio.to_thread(fetch_progress, pod.ip, port)
-            if sample is not None:
-                slot.progress = sample
-                return
+        # Global rank 0 serves the job's metrics; c10d rendezvous usually, not always, puts it on node 0. Ask the
+        # pod that served last time (else node 0) first, and the others, concurrently, only when it has no step.
+        first = next((pod for pod in pods if pod.name == slot.metrics_pod), pods[0])
+        rest = [pod for pod in pods if pod is not first]
+        reads = [await self._read_metrics(first, slot.metrics_port)]
+        if not isinstance(reads[0], tuple):
+            reads += await gather_limited([self._read_metrics(pod, slot.metrics_port) for pod in rest], limit=8)
+        found = next((read for read in reads if isinstance(read, tuple)), None)
+        unreachable = [str(read) for read in reads if isinstance(read, MetricsUnreachable)]
+        if found is not None:
+            slot.metrics_pod, slot.progress = found
+        if len(unreachable) < len(reads):  # something answered: the endpoint is fine, the trainer may be starting
+            slot.metrics_unreachable, slot.scrape_failures, slot.next_scrape_at = None, 0, 0.0
+            return
+        slot.scrape_failures += 1
+        slot.next_scrape_at = now + scrape_backoff(slot.scrape_failures, self.resync_seconds)
+        since = slot.metrics_unreachable.since if slot.metrics_unreachable else self.clock()
+        message = f"no node pod's metrics port answered ({len(reads)} tried): {unreachable[0]}"
+        slot.metrics_unreachable = Unreadable(message, since)
+
+    async def _read_metrics(self, pod: PodView, port: int) -> tuple[str, Progress] | MetricsUnreachable | None:
+        """(pod name, progress) when the pod serves the job's step; the error when nothing answered; else None."""
+        assert pod.ip is not None
+        try:
+            sample = await asyncio.to_thread(fetch_progress, pod.ip, port, SCRAPE_TIMEOUT_SECONDS)
+        except MetricsUnreachable as error:
+            return error
+        return (pod.name, sample) if sample is not None else None
 
 
 def is_rejection(result: object) -> bool:

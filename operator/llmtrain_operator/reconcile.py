@@ -19,6 +19,8 @@ the job's state for this round returns the Decision, later ones never see it:
     failure_policy           permanent exit -> Failed; retryable (exit, eviction, node loss) -> gang restart
                              within backoffLimit, else BackoffLimitExceeded
     success_policy           every node pod Succeeded -> Succeeded, with rank 0's final progress
+    stall_policy             Running, but rank 0's step has not moved for stallTimeoutSeconds -> gang restart
+                             (Stalled); unreadable metrics -> Progressing=Unknown instead
     pod_creation_policy      create the attempt's missing pods once their names are free (config re-rendered);
                              Created=True once every node pod exists
     running_policy           every node pod Running -> Running
@@ -40,11 +42,14 @@ from .api import TERMINAL_PHASES, Condition, LLMTrainingJobSpec, LLMTrainingJobS
 from .builders import JobRef, build_config_map, build_pod, build_service
 from .constants import ANNOTATION_DEV_COMMAND, config_map_name, pod_name, service_name
 from .observe import Failure, PodView, classify_failure, pending_reason, trainer_report
-from .progress import final_progress
+from .progress import final_progress, with_step_time
 from .timestamps import parse_time, rfc3339
 from .validate import parse_spec, validate_spec
 
 RETRY_SOON = 1.0  # seconds; while pods terminate or names are still taken
+# A trainer serves no metrics while it starts (imports, rendezvous, loading): unreadable metrics are reported only
+# once they have been for this long, or for stallTimeoutSeconds when that is shorter.
+METRICS_GRACE_SECONDS = 120.0
 CREATE_RETRY_SECONDS = 5.0  # after the API server rejected a create (quota, admission webhook, RBAC)
 
 
@@ -87,6 +92,14 @@ class CreateFailure:
 
 
 @dataclass(frozen=True)
+class MetricsUnreachable:
+    """No node pod's metrics port answered, at every read since `since`."""
+
+    message: str
+    since: datetime
+
+
+@dataclass(frozen=True)
 class Observed:
     """Children that exist now (pods of any attempt, including terminating ones)."""
 
@@ -99,6 +112,8 @@ class Observed:
     config: dict[str, str] | None = None
     # The latest create the API server rejected (cleared once creates go through again).
     create_failure: CreateFailure | None = None
+    # Why rank 0's metrics could not be read, and since when (None: read at the last attempt, or not tried).
+    metrics_unreachable: MetricsUnreachable | None = None
 
 
 @dataclass(frozen=True)
@@ -187,7 +202,7 @@ class ReconcileContext:
         self.status.phase = self.status.phase or "Pending"
         self.status.observed_generation = job.generation
         if progress is not None:
-            self.status.progress = progress
+            self.status.progress = with_step_time(stored.progress, progress, now)
         self.decision = Decision(status={}, old_status=_status_dict(stored) if job.status else {})
         self._spec: LLMTrainingJobSpec | None = None
         self.command: list[str] | None = None  # the dev-command annotation, when the operator honours it
@@ -471,11 +486,16 @@ def failure_policy(ctx: ReconcileContext) -> Decision | None:
         return fail_job(ctx, permanent[0].reason, permanent[0].message, policy, stop_pods=True)
     if not failures:
         return None
-    first = failures[0]
+    return restart_or_fail(ctx, failures[0])
+
+
+def restart_or_fail(ctx: ReconcileContext, cause: Failure) -> Decision:
+    """A retryable failure: restart the gang while backoffLimit allows, else fail with BackoffLimitExceeded."""
+    policy = ctx.spec.run_policy
     if ctx.status.restarts >= policy.backoff_limit:
-        message = f"{first.message}; backoffLimit {policy.backoff_limit} reached after {ctx.status.restarts} restarts"
+        message = f"{cause.message}; backoffLimit {policy.backoff_limit} reached after {ctx.status.restarts} restarts"
         return fail_job(ctx, "BackoffLimitExceeded", message, policy, stop_pods=True)
-    return _gang_restart(ctx, first)
+    return _gang_restart(ctx, cause)
 
 
 def attempt_failures(ctx: ReconcileContext) -> list[Failure]:
@@ -512,6 +532,50 @@ def success_policy(ctx: ReconcileContext) -> Decision | None:
     if len(current) == ctx.spec.nodes and all(pod.phase == "Succeeded" for pod in current):
         return succeed_job(ctx, ctx.spec.run_policy, current)
     return None
+
+
+def stall_policy(ctx: ReconcileContext) -> Decision | None:
+    """A Running gang whose rank 0 has not advanced a step for stallTimeoutSeconds is hung (a deadlocked
+    collective, a wedged filesystem): restart it (reason Stalled, counted against backoffLimit) with a Warning that
+    names the last step. The clock starts at the later of the last step change and the gang's start, so a new
+    attempt gets the full timeout. Unreadable metrics are not a stall: once they have been unreadable for
+    METRICS_GRACE_SECONDS (or the stall timeout, if shorter), Progressing=Unknown says so instead."""
+    if ctx.status.phase != "Running" or len([pod for pod in ctx.live if pod.phase == "Running"]) != ctx.spec.nodes:
+        return None
+    timeout = ctx.spec.run_policy.stall_timeout_seconds
+    unreachable = ctx.observed.metrics_unreachable
+    if unreachable is not None:
+        grace = min(METRICS_GRACE_SECONDS, timeout or METRICS_GRACE_SECONDS)
+        left = (unreachable.since + timedelta(seconds=grace) - ctx.now).total_seconds()
+        if left > 0:
+            ctx.decision.requeue(left)
+            return None
+        message = f"rank 0's metrics cannot be read, so stalls go undetected: {unreachable.message}"
+        progressing = ctx.condition("Progressing")
+        if progressing is None or progressing.reason != "ProgressUnavailable":
+            ctx.event("Warning", "ProgressUnavailable", message)
+        ctx.set_condition("Progressing", "Unknown", "ProgressUnavailable", message)
+        return None
+    progress = ctx.status.progress
+    if progress is not None and progress.step is not None:
+        ctx.set_condition("Progressing", "True", "StepAdvancing", "rank 0 reports its step")
+    running = ctx.condition("Running")
+    since = [parse_time(progress.last_step_time if progress else None)]
+    since.append(parse_time(running.last_transition_time) if running and running.status == "True" else None)
+    clock = max((when for when in since if when is not None), default=None)
+    if not timeout or clock is None:
+        return None
+    left = (clock + timedelta(seconds=timeout) - ctx.now).total_seconds()
+    if left > 0:
+        ctx.decision.requeue(left)
+        return None
+    if progress is not None and progress.step is not None:
+        message = f"no step in {timeout}s: rank 0 last reported step {progress.step} at {progress.last_step_time}"
+    else:
+        message = f"no step in {timeout}s since the gang started running"
+    ctx.event("Warning", "Stalled", message)
+    ctx.set_condition("Progressing", "False", "Stalled", message)
+    return restart_or_fail(ctx, Failure("retryable", "Stalled", message))
 
 
 def pod_creation_policy(ctx: ReconcileContext) -> Decision | None:
@@ -606,6 +670,7 @@ POLICIES: tuple[Policy, ...] = (
     attempt_policy,
     failure_policy,
     success_policy,
+    stall_policy,
     pod_creation_policy,
     running_policy,
     startup_policy,

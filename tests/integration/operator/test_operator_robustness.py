@@ -3,6 +3,7 @@ Service or a hostname, and creates the API server rejects (a ResourceQuota) unti
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -96,3 +97,45 @@ def test_a_quota_that_forbids_pods_is_reported_and_the_job_proceeds_once_it_is_l
     status = kube.wait_phase("quota", "Running", timeout=60)
     assert status["active"] == 1 and len(kube.pods("quota")) == 1
     assert kube.condition("quota", "Created")["status"] == "True"
+
+
+# Attempt 0 serves rank 0's metrics stuck at step 42 (a hung collective); attempt 1 finishes at once.
+STUCK_AT_STEP_42 = """
+import http.server
+if a > 0:
+    sys.exit(0)
+body = b"# TYPE llmtrain_step gauge\\nllmtrain_step 42\\n"
+class Metrics(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200)
+        self.end_headers()
+        self.wfile.write(body)
+http.server.HTTPServer(("0.0.0.0", 9090), Metrics).serve_forever()
+"""
+
+
+def test_a_gang_stuck_at_one_step_is_restarted_as_stalled(kube: Kube, operator: OperatorProcess):
+    policy = {"stallTimeoutSeconds": 6, "backoffLimit": 1}
+    kube.create(job_manifest("stuck", STUCK_AT_STEP_42, nodes=1, runPolicy=policy))
+    status = kube.wait_phase("stuck", "Succeeded", timeout=120)
+    assert status["restarts"] == 1  # counted against backoffLimit
+    warnings = [e for e in kube.events("stuck") if e["type"] == "Warning" and e["reason"] == "Stalled"]
+    assert warnings and "step 42" in warnings[0]["message"]
+    restarting = kube.condition("stuck", "Restarting")
+    assert restarting["status"] == "False"  # recovered
+
+
+def test_metrics_that_cannot_be_read_are_reported_not_taken_for_a_stall(kube: Kube, operator: OperatorProcess):
+    # serves nothing on the metrics port: the operator cannot tell a stall from a blind spot, and says so
+    kube.create(job_manifest("blind", SLEEP_FOREVER, nodes=1, runPolicy={"stallTimeoutSeconds": 4}))
+    kube.wait_phase("blind", "Running", timeout=60)
+    progressing = wait_for(
+        lambda: (c := kube.condition("blind", "Progressing")).get("reason") == "ProgressUnavailable" and c,
+        timeout=60,
+        what="Progressing=Unknown/ProgressUnavailable",
+    )
+    assert progressing["status"] == "Unknown" and ":9090/metrics" in progressing["message"]
+    assert [e for e in kube.events("blind") if e["reason"] == "ProgressUnavailable"]
+    time.sleep(8)  # twice the stall timeout
+    status = kube.status("blind")
+    assert status["phase"] == "Running" and status["restarts"] == 0

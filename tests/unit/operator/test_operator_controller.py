@@ -475,7 +475,7 @@ def test_resync_hands_the_latest_progress_sample_to_the_next_reconcile(monkeypat
     kube = FakeKube()
     kube.add_job(status={"phase": "Running", "restarts": 0})
     rank0 = PodView(name="demo-node-0", rank=0, attempt=0, phase="Running", ip="10.0.0.1", owner_uid=UID)
-    monkeypatch.setattr(controller_module, "fetch_progress", lambda ip, port: Progress(step=7))
+    monkeypatch.setattr(controller_module, "fetch_progress", lambda ip, port, timeout: Progress(step=7))
     calls: list[tuple[Any, ...]] = []
 
     async def scenario() -> None:
@@ -532,3 +532,56 @@ def test_every_error_stage_is_exported_from_the_start():
         REGISTRY.get_sample_value("llmtrain_operator_reconcile_errors_total", {"stage": stage}) is not None
         for stage in ERROR_STAGES
     )
+
+
+# ----- resync: progress reads --------------------------------------------------------------------------------------
+
+
+def test_resync_reports_unreachable_metrics_to_the_next_reconcile_and_backs_off_that_job(monkeypatch):
+    from llmtrain_operator.progress import MetricsUnreachable
+
+    kube = FakeKube()
+    kube.add_job(status={"phase": "Running", "restarts": 0})
+    pods = [
+        PodView(name=f"demo-node-{r}", rank=r, attempt=0, phase="Running", ip=f"10.0.0.{r}", owner_uid=UID)
+        for r in (0, 1)
+    ]
+    reads: list[str] = []
+
+    def unreachable(ip: str, port: int, timeout: float) -> None:
+        reads.append(ip)
+        raise MetricsUnreachable(f"http://{ip}:{port}/metrics: timed out")
+
+    monkeypatch.setattr(controller_module, "fetch_progress", unreachable)
+    calls: list[tuple[Any, ...]] = []
+
+    async def scenario() -> None:
+        controller = make_controller(kube, pods=pods, decide=recording(calls))
+        controller.slots[KEY] = controller_module.JobSlot(phase="Running", uid=UID)
+        await controller.resync()
+        await until(lambda: len(calls) == 1)
+        assert sorted(reads) == ["10.0.0.0", "10.0.0.1"]  # node 0 first, then the others
+        await controller.resync()  # within the back-off: not read again, still reported
+        await until(lambda: len(calls) == 2)
+        assert len(reads) == 2
+
+    run(scenario)
+    observed = calls[0][1]
+    assert "no node pod's metrics port answered (2 tried)" in observed.metrics_unreachable.message
+    assert observed.metrics_unreachable.since == NOW
+    assert calls[1][1].metrics_unreachable == observed.metrics_unreachable
+
+
+def test_resync_leaves_finished_jobs_alone(monkeypatch):
+    kube = FakeKube()
+    kube.add_job(status={"phase": "Succeeded"})
+    calls: list[tuple[Any, ...]] = []
+
+    async def scenario() -> None:
+        controller = make_controller(kube, decide=recording(calls))
+        controller.slots[KEY] = controller_module.JobSlot(phase="Succeeded", uid=UID)
+        await controller.resync()
+        await asyncio.sleep(0.05)
+
+    run(scenario)
+    assert calls == [] and kube.job_reads == 0

@@ -141,6 +141,7 @@ def test_status_conditions_are_a_map_list_keyed_by_type():
     assert conditions["items"]["properties"]["type"]["enum"] == [
         "Created",
         "Running",
+        "Progressing",
         "Restarting",
         "Succeeded",
         "Failed",

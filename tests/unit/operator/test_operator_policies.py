@@ -65,6 +65,7 @@ def test_policies_run_in_the_documented_order():
         "attempt_policy",
         "failure_policy",
         "success_policy",
+        "stall_policy",
         "pod_creation_policy",
         "running_policy",
         "startup_policy",

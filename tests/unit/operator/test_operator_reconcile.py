@@ -315,9 +315,17 @@ def test_image_pull_errors_are_named_in_the_condition():
 def test_progress_sample_lands_in_status():
     sample = Progress(step=5, total_steps=10, loss=2.5, tokens_per_second=1000.0, eta="5s")
     d = reconcile(job(status=RUNNING), seen(pod(0), pod(1)), NOW, SETTINGS, progress=sample)
-    assert d.status["progress"] == {"step": 5, "totalSteps": 10, "loss": 2.5, "tokensPerSecond": 1000.0, "eta": "5s"}
+    assert d.status["progress"] == {
+        "step": 5,
+        "totalSteps": 10,
+        "loss": 2.5,
+        "tokensPerSecond": 1000.0,
+        "eta": "5s",
+        "lastStepTime": rfc3339(NOW),  # first seen now: the stall clock
+    }
     assert d.status_patch["progress"] == d.status["progress"]
-    assert "phase" not in d.status_patch  # nothing else changed
+    assert "phase" not in d.status_patch  # the phase stays
+    assert cond(d, "Progressing")["status"] == "True"
 
 
 def test_dev_command_annotation_is_honoured_only_when_the_operator_allows_it():
