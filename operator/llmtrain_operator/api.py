@@ -90,6 +90,12 @@ class RunPolicy(_Model):
     startup_timeout_seconds: int = Field(
         300, ge=1, description="Report why (event and condition) when a node pod stays Pending longer than this."
     )
+    crash_loop_limit: int = Field(
+        2,
+        ge=0,
+        description="Fail the job (CrashLoop) once this many attempts in a row failed the same way (same reason and "
+        "message) without rank 0's step advancing, instead of spending the rest of backoffLimit; 0 disables.",
+    )
     stall_timeout_seconds: int = Field(
         1800,
         ge=0,
@@ -217,6 +223,15 @@ class Progress(_Model):
     )
 
 
+class FailureStreak(_Model):
+    """The last attempt's failure and how many attempts in a row failed the same way without progress."""
+
+    reason: str = Field(description="The failure's reason (PodFailed, Stalled, ...).")
+    message: str = Field(description="The failure's message.")
+    step: int | None = Field(None, description="Rank 0's step when it failed (status.progress.step).")
+    count: int = Field(1, description="Attempts in a row that failed with this reason and message at this step.")
+
+
 class LLMTrainingJobStatus(_Model):
     """Observed state, written only by the operator."""
 
@@ -241,6 +256,7 @@ class LLMTrainingJobStatus(_Model):
     )
     observed_generation: int | None = Field(None, description="metadata.generation the status was computed from.")
     progress: Progress | None = Field(None, description=Progress.__doc__)
+    last_failure: FailureStreak | None = Field(None, description=FailureStreak.__doc__)
 
 
 class LLMTrainingJob(_Model):

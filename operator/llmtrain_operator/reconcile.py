@@ -17,7 +17,8 @@ the job's state for this round returns the Decision, later ones never see it:
     deadline_policy          runPolicy.activeDeadlineSeconds, counted from the current run's start
     attempt_policy           count the current attempt's pods; delete pods of earlier attempts
     failure_policy           permanent exit -> Failed; retryable (exit, eviction, node loss) -> gang restart
-                             within backoffLimit, else BackoffLimitExceeded
+                             within backoffLimit, else BackoffLimitExceeded; the same failure crashLoopLimit
+                             attempts in a row without progress -> CrashLoop
     success_policy           every node pod Succeeded -> Succeeded, with rank 0's final progress
     stall_policy             Running, but rank 0's step has not moved for stallTimeoutSeconds -> gang restart
                              (Stalled); unreadable metrics -> Progressing=Unknown instead
@@ -38,7 +39,15 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from .api import TERMINAL_PHASES, Condition, LLMTrainingJobSpec, LLMTrainingJobStatus, Progress, RunPolicy
+from .api import (
+    TERMINAL_PHASES,
+    Condition,
+    FailureStreak,
+    LLMTrainingJobSpec,
+    LLMTrainingJobStatus,
+    Progress,
+    RunPolicy,
+)
 from .builders import JobRef, build_config_map, build_pod, build_service
 from .constants import ANNOTATION_DEV_COMMAND, config_map_name, pod_name, service_name
 from .observe import Failure, PodView, classify_failure, pending_reason, trainer_report
@@ -490,12 +499,36 @@ def failure_policy(ctx: ReconcileContext) -> Decision | None:
 
 
 def restart_or_fail(ctx: ReconcileContext, cause: Failure) -> Decision:
-    """A retryable failure: restart the gang while backoffLimit allows, else fail with BackoffLimitExceeded."""
+    """A retryable failure: restart the gang while backoffLimit allows, else fail with BackoffLimitExceeded; the
+    same failure crashLoopLimit attempts in a row, with no step made in between, fails at once with CrashLoop."""
     policy = ctx.spec.run_policy
+    progress = ctx.status.progress
+    streak = failure_streak(ctx.status.last_failure, cause, progress.step if progress else None)
+    ctx.status.last_failure = streak
     if ctx.status.restarts >= policy.backoff_limit:
         message = f"{cause.message}; backoffLimit {policy.backoff_limit} reached after {ctx.status.restarts} restarts"
         return fail_job(ctx, "BackoffLimitExceeded", message, policy, stop_pods=True)
+    if policy.crash_loop_limit and cause.reason in CRASH_LOOP_REASONS and streak.count >= policy.crash_loop_limit:
+        where = f"at step {streak.step}" if streak.step is not None else "before any step"
+        message = f"{streak.count} attempts in a row failed the same way {where}: {cause.message}"
+        return fail_job(ctx, "CrashLoop", message, policy, stop_pods=True)
     return _gang_restart(ctx, cause)
+
+
+# Failures of the job's own making; a disruption (eviction, node loss) says nothing about the next attempt.
+CRASH_LOOP_REASONS = frozenset({"PodFailed", "Stalled"})
+
+
+def failure_streak(previous: FailureStreak | None, cause: Failure, step: int | None) -> FailureStreak:
+    """The streak after `cause`: one longer when the previous attempt failed with the same reason and message at
+    the same step (no progress in between), else a new streak of one."""
+    same = previous is not None and (previous.reason, previous.message, previous.step) == (
+        cause.reason,
+        cause.message,
+        step,
+    )
+    count = previous.count + 1 if same and previous is not None else 1
+    return FailureStreak(reason=cause.reason, message=cause.message, step=step, count=count)
 
 
 def attempt_failures(ctx: ReconcileContext) -> list[Failure]:

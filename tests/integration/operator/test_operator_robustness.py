@@ -139,3 +139,12 @@ def test_metrics_that_cannot_be_read_are_reported_not_taken_for_a_stall(kube: Ku
     time.sleep(8)  # twice the stall timeout
     status = kube.status("blind")
     assert status["phase"] == "Running" and status["restarts"] == 0
+
+
+def test_attempts_that_fail_the_same_way_stop_as_a_crash_loop(kube: Kube, operator: OperatorProcess):
+    kube.create(job_manifest("crashy", "time.sleep(0.5); sys.exit(3)", nodes=1, runPolicy={"backoffLimit": 5}))
+    status = kube.wait_phase("crashy", "Failed", timeout=90)
+    failed = kube.condition("crashy", "Failed")
+    assert failed["reason"] == "CrashLoop" and "failed with exit code 3" in failed["message"]
+    assert status["restarts"] == 1  # the second identical failure ends it: 4 of backoffLimit's 5 left unspent
+    assert status["lastFailure"]["count"] == 2
