@@ -90,6 +90,12 @@ class RunPolicy(_Model):
     startup_timeout_seconds: int = Field(
         300, ge=1, description="Report why (event and condition) when a node pod stays Pending longer than this."
     )
+    termination_grace_period_seconds: int | None = Field(
+        None,
+        ge=0,
+        description="Node pods' terminationGracePeriodSeconds. Default: 60 s, plus, when checkpoint.saveOnSigterm, "
+        "the time to write the model's checkpoint (12 bytes per parameter at an assumed 200 MB/s).",
+    )
     crash_loop_limit: int = Field(
         2,
         ge=0,

@@ -37,6 +37,7 @@ from .constants import (
     rendezvous_host,
     service_name,
 )
+from .grace import termination_grace_seconds
 from .trainer_config import render_trainer_config
 from .validate import gpu_count, pod_template_conflicts, procs_per_node
 
@@ -295,7 +296,7 @@ def _pod_spec(
         "restartPolicy": "Never",
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
-        "terminationGracePeriodSeconds": 60,
+        "terminationGracePeriodSeconds": termination_grace_seconds(spec),
         "securityContext": {
             "runAsNonRoot": True,
             "runAsUser": RUN_AS_USER,
