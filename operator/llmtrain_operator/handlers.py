@@ -37,6 +37,17 @@ def in_cluster_login(**kwargs: Any) -> kopf.ConnectionInfo | None:
     return replace(info, server=f"https://{host}:{port}")
 
 
+def configure_watching(settings: kopf.OperatorSettings) -> None:
+    """Watch settings. The pod watch is filtered by the API server (labelSelector=llmtrain.dev/job-name): the
+    handlers' own `labels=` filters are applied by kopf client-side, after every pod in the namespace (or the
+    cluster) has been sent, deserialised and cached; only watching.label_selectors reaches the API server."""
+    settings.watching.server_timeout = 300  # ask the API server to end each watch after 5 min...
+    settings.watching.client_timeout = 330  # ...and give up on a silent connection a little later
+    settings.watching.connect_timeout = 10
+    settings.watching.label_selectors["pods"] = LABEL_JOB  # the label exists
+    settings.posting.level = logging.WARNING  # our transition events are posted by the Controller
+
+
 def log_in(**kwargs: Any) -> kopf.ConnectionInfo | None:
     """In the cluster: the service account (its token file is read anew on every call); outside: the kubeconfig."""
     return in_cluster_login(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
@@ -47,10 +58,7 @@ def register(registry: kopf.OperatorRegistry, controller: Controller) -> None:
 
     @kopf.on.startup(registry=registry, id="configure")
     async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
-        settings.watching.server_timeout = 300  # ask the API server to end each watch after 5 min...
-        settings.watching.client_timeout = 330  # ...and give up on a silent connection a little later
-        settings.watching.connect_timeout = 10
-        settings.posting.level = logging.WARNING  # our transition events are posted by the Controller
+        configure_watching(settings)
         controller.start()
 
     @kopf.on.cleanup(registry=registry, id="shutdown")

@@ -525,6 +525,18 @@ def test_handlers_only_register_kopf_handlers_around_a_controller():
     assert {"configure", "shutdown", "login"} <= ids
 
 
+def test_the_pod_watch_is_filtered_by_the_api_server_and_the_job_watch_is_not():
+    import kopf
+    from llmtrain_operator.handlers import configure_watching
+
+    settings = kopf.OperatorSettings()
+    configure_watching(settings)
+    pods = kopf.Resource(group="", version="v1", plural="pods")
+    jobs = kopf.Resource(group="llmtrain.dev", version="v1alpha1", plural="llmtrainingjobs")
+    assert settings.watching.label_selectors.collect(pods) == ["llmtrain.dev/job-name"]
+    assert settings.watching.label_selectors.collect(jobs) == []
+
+
 def test_every_error_stage_is_exported_from_the_start():
     from llmtrain_operator.metrics import ERROR_STAGES
 
