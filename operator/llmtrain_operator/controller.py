@@ -10,6 +10,8 @@
   deletes are idempotent: AlreadyExists and NotFound are outcomes, not errors.
 * A create the API server rejects (4xx other than AlreadyExists: a quota, an admission webhook, RBAC) is recorded
   and handed to the next reconcile, which runs at once and reports it (Created=False/CreateFailed, Warning event).
+* With leader election (several replicas), only the leader reconciles; a standby keeps its pod index warm and
+  notes which jobs exist, and reconciles all of them the moment it leads (leader.py).
 * A failure anywhere else is logged with its traceback and counted in llmtrain_operator_reconcile_errors_total{stage},
   then retried; nothing is swallowed.
 
@@ -33,6 +35,7 @@ from .api import TERMINAL_PHASES, Progress
 from .constants import GROUP, KIND, VERSION, config_map_name, service_name
 from .expectations import Expectations
 from .kubeapi import ApiError, gather_limited
+from .leader import LeaderElector
 from .observe import PodView, controller_uid, pod_view
 from .progress import MetricsUnreachable, fetch_progress, scrape_backoff
 from .reconcile import (
@@ -123,14 +126,30 @@ class Controller:
     clock: Callable[[], datetime] = _utc_now
     slots: dict[Key, JobSlot] = field(default_factory=dict)
     resync_task: asyncio.Task[None] | None = None
+    elector: LeaderElector | None = None  # None: the only replica, always acting
+    leading: bool = True
     _background: set[asyncio.Future[None]] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        if self.elector is not None:
+            self.leading = False
+            self.elector.on_change = self.set_leading
+        metrics.LEADER.set(1 if self.leading else 0)
+
+    def set_leading(self, leading: bool) -> None:
+        """Leadership changed: a new leader reconciles every job it knows at once; a former one stops acting."""
+        self.leading = leading
+        metrics.LEADER.set(1 if leading else 0)
+        if leading:
+            for key in list(self.slots):
+                self.spawn(key)
 
     # -- triggering ---------------------------------------------------------------------------------------------
     async def trigger(self, key: Key) -> None:
         """Reconcile `key` now, or right after the reconcile already running for it."""
         slot = self.slots.setdefault(key, JobSlot())
         slot.dirty = True
-        if slot.running:
+        if slot.running or not self.leading:
             return
         slot.running = True
         try:
@@ -345,13 +364,23 @@ class Controller:
 
     # -- resync and progress ------------------------------------------------------------------------------------
     def start(self) -> None:
-        """Start the resync loop (a task, not a kopf timer: those need a finalizer on every job)."""
+        """Start the resync loop (a task, not a kopf timer: those need a finalizer on every job), and the election."""
         self.resync_task = asyncio.ensure_future(self.resync_forever())
         self.resync_task.add_done_callback(_report_crash)
+        if self.elector is not None:
+            self._keep(asyncio.ensure_future(self._campaign()))
+
+    async def _campaign(self) -> None:
+        assert self.elector is not None
+        while self.client is None:  # kopf logs in after the startup handlers ran
+            await asyncio.sleep(0.1)
+        await self.elector.run(self.client)  # type: ignore[arg-type]
 
     async def stop(self) -> None:
         if self.resync_task:
             self.resync_task.cancel()
+        if self.elector is not None and self.client is not None:
+            await self.elector.release(self.client)  # type: ignore[arg-type]
         if self.client:
             await self.client.close()
 
@@ -364,6 +393,8 @@ class Controller:
         """Sample the training progress of every unfinished job (concurrently, each read bounded by a short
         timeout, unreachable endpoints backed off per job), then re-trigger those jobs. Finished jobs are left
         out: their pod events and TTL requeue are all they still need."""
+        if not self.leading:
+            return
         keys = [key for key, slot in self.slots.items() if slot.phase not in TERMINAL_PHASES]
         results = await gather_limited([self._sample_progress(key) for key in keys], limit=SCRAPE_CONCURRENCY)
         for key, result in zip(keys, results, strict=True):

@@ -202,7 +202,8 @@ class KubeClient:
         return status != 409
 
     async def merge_patch(self, kind: str, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
-        """JSON merge patch of an object we own (e.g. a re-rendered config)."""
+        """JSON merge patch of an object we own (e.g. a re-rendered config); with metadata.resourceVersion in the
+        patch, the API server applies it only to that version (409 otherwise)."""
         path, what = self.path(kind, namespace, name), f"patch {kind} {namespace}/{name}"
         _, body = await self._call("PATCH", path, what, patch, content_type=MERGE_PATCH)
         return body

@@ -38,6 +38,8 @@ API_REQUESTS = Counter(
     ["verb", "resource", "code"],
 )
 
+LEADER = Gauge("llmtrain_operator_leader", "1 while this replica is the leader and acts on jobs; 0 while it stands by.")
+
 PHASES = ("Pending", "Running", "Restarting", "Succeeded", "Failed", "Suspended")
 
 

@@ -31,3 +31,9 @@ def allows(api_group: str, resource: str, verb: str, rules: list[dict[str, list[
     return any(
         api_group in r["apiGroups"] and resource in r["resources"] and verb in r["verbs"] for r in rules or RULES
     )
+
+
+# With leader election (the chart's default, two replicas): the Lease in the operator's own namespace only.
+LEADER_ELECTION_RULES: list[dict[str, list[str]]] = [
+    {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "patch", "update"]},
+]

@@ -95,3 +95,12 @@ explicit namespace names (without it, it retries and never starts watching jobs)
   resources: ["namespaces"]
   verbs: ["list", "watch"]
 {{- end }}
+
+{{/*
+Leader election (two replicas): the Lease in the release namespace. Mirrors rbac.LEADER_ELECTION_RULES.
+*/}}
+{{- define "llmtrain-operator.leaderElectionRules" -}}
+- apiGroups: ["coordination.k8s.io"]
+  resources: ["leases"]
+  verbs: ["get", "create", "patch", "update"]
+{{- end }}

@@ -115,8 +115,8 @@ def _free_port() -> int:
 class OperatorProcess:
     """`python -m llmtrain_operator --namespace NS` against the test cluster, logging to a temp file."""
 
-    def __init__(self, cluster: Cluster, namespace: str) -> None:
-        self.cluster, self.namespace = cluster, namespace
+    def __init__(self, cluster: Cluster, namespace: str, extra_args: tuple[str, ...] = ()) -> None:
+        self.cluster, self.namespace, self.extra_args = cluster, namespace, extra_args
         self.log = Path(tempfile.mkstemp(prefix=f"operator-{namespace}-", suffix=".log")[1])
         self.metrics_port = _free_port()
         self.proc: subprocess.Popen[bytes] | None = None
@@ -129,9 +129,10 @@ class OperatorProcess:
                 [str(REPO / "contract"), str(REPO / "operator"), os.environ.get("PYTHONPATH", "")]
             ),
             "LLMTRAIN_DEV_COMMAND_OVERRIDE": "1",
+            "POD_NAMESPACE": self.namespace,  # where a --leader-elect operator keeps its Lease
         }
         argv = [sys.executable, "-m", "llmtrain_operator", "--namespace", self.namespace, "--resync-seconds", "2"]
-        argv += ["--metrics-port", str(self.metrics_port), "--health-port", str(_free_port())]
+        argv += ["--metrics-port", str(self.metrics_port), "--health-port", str(_free_port()), *self.extra_args]
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env)
         return self
@@ -155,8 +156,8 @@ class OperatorProcess:
 
 
 @contextmanager
-def running_operator(cluster: Cluster, namespace: str) -> Iterator[OperatorProcess]:
-    op = OperatorProcess(cluster, namespace).start()
+def running_operator(cluster: Cluster, namespace: str, *extra_args: str) -> Iterator[OperatorProcess]:
+    op = OperatorProcess(cluster, namespace, extra_args).start()
     try:
         yield op
     finally:

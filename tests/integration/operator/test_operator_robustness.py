@@ -148,3 +148,44 @@ def test_attempts_that_fail_the_same_way_stop_as_a_crash_loop(kube: Kube, operat
     assert failed["reason"] == "CrashLoop" and "failed with exit code 3" in failed["message"]
     assert status["restarts"] == 1  # the second identical failure ends it: 4 of backoffLimit's 5 left unspent
     assert status["lastFailure"]["count"] == 2
+
+
+def _lease_holder(kube: Kube) -> str:
+    lease = kube.get("lease", "llmtrain-operator") or {}
+    return (lease.get("spec") or {}).get("holderIdentity") or ""
+
+
+def test_two_replicas_elect_one_leader_and_the_standby_takes_over_within_15_seconds(cluster: Cluster, kube: Kube):
+    with running_operator(cluster, kube.ns, "--leader-elect") as first:
+        first_holder = wait_for(lambda: _lease_holder(kube), timeout=30, what="a leader")
+        with running_operator(cluster, kube.ns, "--leader-elect") as second:
+            kube.create(job_manifest("ha", SLEEP_FOREVER, nodes=2))
+            kube.wait_phase("ha", "Running", timeout=60)
+            assert _lease_holder(kube) == first_holder and len(kube.pods("ha")) == 2  # one leader acted, once
+            assert f"as {first_holder}" in first.logs()
+
+            first.kill()  # SIGKILL: no release; the standby must wait the lease out
+            killed = time.monotonic()
+            second_holder = wait_for(
+                lambda: (h := _lease_holder(kube)) not in ("", first_holder) and h, timeout=30, what="a new leader"
+            )
+            assert time.monotonic() - killed <= 16  # 15 s, plus a second of polling
+            assert f"as {second_holder}" in second.logs()
+
+            # the new leader acts: a lost node pod restarts the gang
+            kube.cluster.kubectl("delete", "pod", "-n", kube.ns, kube.pods("ha")[0]["metadata"]["name"], "--wait=false")
+            wait_for(
+                lambda: kube.status("ha").get("restarts") == 1, timeout=60, what="a gang restart by the new leader"
+            )
+            kube.wait_phase("ha", "Running", timeout=60)
+
+
+def test_a_leader_that_stops_releases_the_lease_for_the_standby(cluster: Cluster, kube: Kube):
+    with running_operator(cluster, kube.ns, "--leader-elect") as first:
+        first_holder = wait_for(lambda: _lease_holder(kube), timeout=30, what="a leader")
+        with running_operator(cluster, kube.ns, "--leader-elect"):
+            time.sleep(3)  # the standby has read the Lease
+            first.stop()  # SIGTERM: kopf's cleanup releases the Lease
+            stopped = time.monotonic()
+            wait_for(lambda: _lease_holder(kube) not in ("", first_holder), timeout=30, what="a new leader")
+            assert time.monotonic() - stopped < 10  # well inside the 10 s lease: it was released
