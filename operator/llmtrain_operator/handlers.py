@@ -71,6 +71,8 @@ def register(registry: kopf.OperatorRegistry, controller: Controller) -> None:
         if info is not None and controller.client is None:
             # kopf logs in again for its own watches when refused; our client does the same, with the same handler.
             controller.client = KubeClient(info, login=functools.partial(log_in, **kwargs))
+        elif info is not None and isinstance(controller.client, KubeClient):
+            controller.client.info = info  # kopf's re-login (a rotated token): our client uses it too
         return info
 
     @kopf.index("pods", labels={LABEL_JOB: kopf.PRESENT}, registry=registry, id="node_pods")
