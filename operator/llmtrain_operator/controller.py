@@ -290,7 +290,13 @@ class Controller:
         await self._delete_children(job, slot, decision, now)
         for manifest in decision.updates:  # before the pods that mount it are created
             kind, child = manifest["kind"], manifest["metadata"]["name"]
-            await self.client.merge_patch(kind, job.namespace, child, {"data": manifest["data"]})
+            try:
+                await self.client.merge_patch(kind, job.namespace, child, {"data": manifest["data"]})
+            except ApiError as error:
+                if not is_rejection(error):
+                    raise
+                self._rejected(job, slot, [str(error)], now)  # no pods on a stale config: they wait for the retry
+                decision.creates = []
         await self._create_children(job, slot, decision, now)
         await gather_limited([self._post_event(body, event) for event in decision.events])
         if decision.delete_job:
@@ -331,13 +337,17 @@ class Controller:
             elif result:  # a 409 may be a deleted namesake's leftover: the next _observe looks at the owner
                 slot.known_children.add(kind)
         if rejected:
-            message = rejected[0] if len(rejected) == 1 else f"{len(rejected)} creates rejected; first: {rejected[0]}"
-            log.warning("job %s/%s: %s", job.namespace, job.name, message)
-            metrics.CREATES_REJECTED.inc(len(rejected))
-            slot.create_failure = CreateFailure(message, now)
-            slot.dirty = True  # report it now (the next reconcile holds creates back until the retry is due)
+            self._rejected(job, slot, rejected, now)
         elif decision.creates:
             slot.create_failure = None
+
+    def _rejected(self, job: JobView, slot: JobSlot, errors: list[str], now: datetime) -> None:
+        """Writes the API server refused: handed to the next reconcile, which runs at once to report them."""
+        message = errors[0] if len(errors) == 1 else f"{len(errors)} creates rejected; first: {errors[0]}"
+        log.warning("job %s/%s: %s", job.namespace, job.name, message)
+        metrics.CREATES_REJECTED.inc(len(errors))
+        slot.create_failure = CreateFailure(message, now)
+        slot.dirty = True  # report it now (the next reconcile holds creates back until the retry is due)
 
     async def _delete_children(self, job: JobView, slot: JobSlot, decision: Decision, now: datetime) -> None:
         assert self.client is not None

@@ -9,7 +9,8 @@ TRANSITIONS = Counter("llmtrain_operator_phase_transitions_total", "Job phase tr
 PODS_CREATED = Counter("llmtrain_operator_pods_created_total", "Node pods created.")
 CREATES_REJECTED = Counter(
     "llmtrain_operator_creates_rejected_total",
-    "Creates the API server refused (quota, admission, RBAC); each also sets Created=False/CreateFailed on the job.",
+    "Creates (and config patches) the API server refused (quota, admission, RBAC); each also sets "
+    "Created=False/CreateFailed on the job.",
 )
 PODS_DELETED = Counter("llmtrain_operator_pods_deleted_total", "Node pods deleted.")
 GANG_RESTARTS = Counter("llmtrain_operator_gang_restarts_total", "Gang restarts after retryable failures.")

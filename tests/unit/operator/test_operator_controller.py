@@ -89,6 +89,7 @@ class FakeKube:
         return True
 
     async def merge_patch(self, kind: str, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
+        self._maybe_fail("patch", kind)
         self.writes.append(("patch", kind, name))
         merged = apply_merge_patch(self.objects[(kind, namespace, name)], patch)
         self.objects[(kind, namespace, name)] = merged
@@ -391,6 +392,22 @@ def test_a_create_the_api_rejects_is_reported_in_the_same_trigger_and_retried_on
     before = errors("apply")
     run(scenario)
     assert errors("apply") == before  # a rejection is the job's condition, not an operator error
+
+
+def test_a_config_update_the_api_rejects_is_reported_and_no_pod_starts_on_the_stale_config():
+    kube = FakeKube()
+    kube.add_job(status={"phase": "Pending", "restarts": 0})
+    kube.add("ConfigMap", "demo-config", data={"config.json": "{}"})  # rendered from an older spec
+    kube.add("Service", "demo")
+    kube.fail[("patch", "ConfigMap")] = ApiError(403, {"message": "denied by policy"}, "patch ConfigMap ns/demo-config")
+
+    async def scenario() -> None:
+        await make_controller(kube).trigger(KEY)
+
+    run(scenario)
+    assert not [w for w in kube.writes if w[1] == "Pod"]
+    created = next(c for c in kube.job()["status"]["conditions"] if c["type"] == "Created")
+    assert created["reason"] == "CreateFailed" and "denied by policy" in created["message"]
 
 
 # ----- errors are logged, counted and retried ---------------------------------------------------------------------
