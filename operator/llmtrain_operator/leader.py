@@ -128,8 +128,8 @@ class LeaderElector:
         now = self.clock()
         try:
             won = await self._round(client, now)
-        except (ApiError, OSError, TimeoutError) as error:
-            log.warning("leader election: lease %s/%s: %s", self.namespace, self.name, error)
+        except Exception as error:  # whatever went wrong, the loop must go on renewing or stand by
+            log.warning("leader election: lease %s/%s: %r", self.namespace, self.name, error)
             won = None  # unknown: keep the current role until the renew deadline passes
         if won:
             self._renewed = now
