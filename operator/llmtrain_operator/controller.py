@@ -30,6 +30,8 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from llmtrain_contract.metrics import DEFAULT_METRICS_PORT
+
 from . import metrics
 from .api import TERMINAL_PHASES, Progress
 from .constants import GROUP, KIND, VERSION, config_map_name, service_name
@@ -62,7 +64,6 @@ CONFLICT_PAUSE_SECONDS = 0.05  # before re-reading a job whose status write lost
 WRITE_CONCURRENCY = 64  # creates or deletes in flight per job
 SCRAPE_TIMEOUT_SECONDS = 2.0  # per metrics read: a dead endpoint must not hold the resync up
 SCRAPE_CONCURRENCY = 32  # metrics reads in flight across all jobs
-DEFAULT_METRICS_PORT = 9090
 
 
 class KubeApi(Protocol):
