@@ -63,6 +63,7 @@ def test_any_valid_job_name_gets_valid_children_and_succeeds(kube: Kube, operato
         assert pod["metadata"]["name"] == pod["spec"]["hostname"] == pod_name(name, rank)
         assert len(pod["spec"]["hostname"]) <= 63 and "." not in pod["spec"]["hostname"]
         assert pod["spec"]["subdomain"] == service_name(name)
+        assert pod["spec"]["terminationGracePeriodSeconds"] == 60  # no checkpoint to save on SIGTERM
         env = {e["name"]: e.get("value") for e in pod["spec"]["containers"][0]["env"]}
         assert env["MASTER_ADDR"] == rendezvous_host(name) and env["LLMTRAIN_JOB_NAME"] == name
 
