@@ -78,7 +78,7 @@ async def watch_pods(client: KubeClient, ns: str, expected: int, seen: dict[str,
     """Record the local time each node pod is first seen (ADDED) until `expected` are."""
     session = client._ensure()
     url = f"{client.info.server}/api/v1/namespaces/{ns}/pods?watch=1&labelSelector=llmtrain.dev%2Fjob-name"
-    async with session.get(url, timeout=None) as resp:
+    async with session.get(url, headers=client.info.as_http_headers(), timeout=None) as resp:
         async for line in resp.content:
             event = json.loads(line)
             if event.get("type") == "ADDED":

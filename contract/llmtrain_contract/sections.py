@@ -116,6 +116,12 @@ class TrainingSection(Section):
     divergence_patience: int = Field(
         5, ge=1, description="Consecutive steps with a non-finite loss after which the run has diverged (exit 79)."
     )
+    collective_timeout_seconds: int = Field(
+        1800,
+        ge=1,
+        description="Process-group timeout: a collective (all-reduce, barrier, checkpoint exchange) that waits longer "
+        "than this ends the process with an error, so a hung peer restarts the gang instead of freezing it.",
+    )
 
 
 class CheckpointPolicy(Section):

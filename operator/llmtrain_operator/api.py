@@ -25,6 +25,8 @@ from llmtrain_contract.sections import (
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
+from .constants import MAX_NODES
+
 # Schema markers read by crdgen (pydantic keeps unknown keys of json_schema_extra in the JSON schema).
 INT_OR_STRING = {"x-kubernetes-int-or-string": True}
 PRESERVE_UNKNOWN = {"x-kubernetes-preserve-unknown-fields": True}
@@ -99,6 +101,25 @@ class RunPolicy(_Model):
         description="How long started node pods wait for the rest of the gang to join (torchrun's join timeout), "
         "so a gang whose last pod is still being placed does not fail.",
     )
+    termination_grace_period_seconds: int | None = Field(
+        None,
+        ge=0,
+        description="Node pods' terminationGracePeriodSeconds. Default: 60 s, plus, when checkpoint.saveOnSigterm, "
+        "the time to write the model's checkpoint (12 bytes per parameter at an assumed 200 MB/s).",
+    )
+    crash_loop_limit: int = Field(
+        2,
+        ge=0,
+        description="Fail the job (CrashLoop) once this many attempts in a row failed the same way (same reason and "
+        "message) without rank 0's step advancing, instead of spending the rest of backoffLimit; 0 disables.",
+    )
+    stall_timeout_seconds: int = Field(
+        1800,
+        ge=0,
+        description="Restart the gang (reason Stalled, counted against backoffLimit) when rank 0's step has not "
+        "advanced for this long while Running; 0 disables. Not while its metrics cannot be read (condition "
+        "Progressing=Unknown says so).",
+    )
 
 
 class SchedulingSpec(_Model):
@@ -162,7 +183,7 @@ class LLMTrainingJobSpec(_Model):
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = Field(
         "IfNotPresent", description="Pull policy of the trainer image."
     )
-    nodes: int = Field(1, ge=1, le=4096, description="Number of node pods (torchrun --nnodes).")
+    nodes: int = Field(1, ge=1, le=MAX_NODES, description="Number of node pods (torchrun --nnodes).")
     procs_per_node: int | Literal["auto"] = Field(
         "auto",
         description="Worker processes per pod (torchrun --nproc-per-node): an integer, or 'auto' = the pod's GPU "
@@ -192,7 +213,9 @@ class LLMTrainingJobSpec(_Model):
 
 
 Phase = Literal["Pending", "Running", "Restarting", "Succeeded", "Failed", "Suspended"]
-ConditionType = Literal["Created", "Queued", "Running", "Restarting", "Resized", "Succeeded", "Failed", "Suspended"]
+ConditionType = Literal[
+    "Created", "Queued", "Running", "Progressing", "Restarting", "Resized", "Succeeded", "Failed", "Suspended"
+]
 TERMINAL_PHASES = ("Succeeded", "Failed")
 
 
@@ -200,8 +223,8 @@ class Condition(_Model):
     """One observed aspect of the job, Kubernetes-style."""
 
     type: ConditionType = Field(
-        description="Created, Queued (pods wait for a queue or capacity), Running, Restarting, Resized, Succeeded, "
-        "Failed or Suspended."
+        description="Created, Queued (pods wait for a queue or capacity), Running, Progressing, Restarting, "
+        "Resized, Succeeded, Failed or Suspended."
     )
     status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
     reason: str = Field("", description="CamelCase machine-readable reason for the last transition.")
@@ -221,6 +244,20 @@ class Progress(_Model):
     mfu: float | None = Field(None, description="Model FLOPs utilisation (0-1).")
     eta: str | None = Field(None, description="Estimated time left, e.g. 1h02m03s.")
     last_checkpoint_step: int | None = Field(None, description="Step of the newest complete checkpoint.")
+    last_step_time: str | None = Field(
+        None,
+        description="When the operator first saw the current step (RFC 3339): the clock of stallTimeoutSeconds.",
+        json_schema_extra={"format": "date-time"},
+    )
+
+
+class FailureStreak(_Model):
+    """The last attempt's failure and how many attempts in a row failed the same way without progress."""
+
+    reason: str = Field(description="The failure's reason (PodFailed, Stalled, ...).")
+    message: str = Field(description="The failure's message.")
+    step: int | None = Field(None, description="Rank 0's step when it failed (status.progress.step).")
+    count: int = Field(1, description="Attempts in a row that failed with this reason and message at this step.")
 
 
 class LLMTrainingJobStatus(_Model):
@@ -256,6 +293,7 @@ class LLMTrainingJobStatus(_Model):
     )
     observed_generation: int | None = Field(None, description="metadata.generation the status was computed from.")
     progress: Progress | None = Field(None, description=Progress.__doc__)
+    last_failure: FailureStreak | None = Field(None, description=FailureStreak.__doc__)
 
 
 class LLMTrainingJob(_Model):

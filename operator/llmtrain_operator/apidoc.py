@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from . import crdgen
-from .rbac import RULES
+from .rbac import LEADER_ELECTION_RULES, RULES
 
 DEFAULT_PATH = Path(__file__).resolve().parents[2] / "docs" / "api.md"
 
@@ -95,12 +95,19 @@ def render() -> str:
         "| Pending | Children created, node pods not all Running yet (the Running condition says why after "
         "`runPolicy.startupTimeoutSeconds`). |",
         "| Running | Every node pod of the current attempt is Running. |",
-        "| Restarting | A node pod failed with a retryable code (or was evicted/lost): all node pods are deleted and "
-        "recreated; `restarts` +1. |",
+        "| Restarting | A node pod failed with a retryable code (or was evicted/lost), or rank 0 stalled "
+        "(`Stalled`, `runPolicy.stallTimeoutSeconds`): all node pods are deleted and recreated; `restarts` +1. |",
         "| Succeeded | Every node pod exited 0. |",
         "| Failed | Reasons: `InvalidSpec`, `InvalidConfig` (exit 78), `Diverged` (exit 79), `BackoffLimitExceeded`, "
-        "`DeadlineExceeded`. |",
+        "`CrashLoop` (`runPolicy.crashLoopLimit`), `DeadlineExceeded`. |",
         "| Suspended | `runPolicy.suspend: true`: node pods deleted, config and service kept. |",
+        "",
+        "| Condition | Reasons |",
+        "|---|---|",
+        "| Created | `ChildrenCreated` (every node pod exists); False: `CreateFailed` (the API server rejected a "
+        "create: its message). |",
+        "| Progressing | `StepAdvancing`; False: `Stalled`; Unknown: `ProgressUnavailable` (rank 0's metrics "
+        "cannot be read). |",
         "",
         "## Printer columns",
         "",
@@ -114,6 +121,15 @@ def render() -> str:
             f"| {', '.join(g or '(core)' for g in r['apiGroups'])} | {', '.join(r['resources'])} | "
             f"{', '.join(r['verbs'])} |"
             for r in RULES
+        ),
+        "",
+        "With leader election (the chart's default), in the operator's own namespace only:",
+        "",
+        "| API groups | Resources | Verbs |",
+        "|---|---|---|",
+        *(
+            f"| {', '.join(r['apiGroups'])} | {', '.join(r['resources'])} | {', '.join(r['verbs'])} |"
+            for r in LEADER_ELECTION_RULES
         ),
         "",
     ]

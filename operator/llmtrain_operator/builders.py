@@ -1,6 +1,7 @@
 """Pure functions from a job to the manifests of its children: ConfigMap, headless Service, node pods.
 
-Names are deterministic (`<job>-config`, `<job>`, `<job>-node-<i>`) so a restarted operator that creates "again"
+Names are deterministic (`<stem>-config`, `<stem>`, `<stem>-node-<i>`, where the stem is the job's name whenever it
+is a DNS-1035 label of at most 53 characters, see constants.child_stem) so a restarted operator that creates "again"
 gets AlreadyExists instead of duplicates. Every child carries a controller owner reference, so deleting the job
 garbage-collects them.
 """
@@ -31,9 +32,12 @@ from .constants import (
     VOLUME_CONFIG,
     VOLUME_SHM,
     config_map_name,
+    job_label_value,
     pod_name,
+    rendezvous_host,
     service_name,
 )
+from .grace import termination_grace_seconds
 from .trainer_config import render_trainer_config
 from .validate import gpu_count, pod_template_conflicts, procs_per_node
 
@@ -63,7 +67,7 @@ def owner_reference(job: JobRef) -> dict[str, Any]:
 
 
 def job_labels(job: JobRef) -> dict[str, str]:
-    return {LABEL_JOB: job.name, LABEL_MANAGED_BY: MANAGER}
+    return {LABEL_JOB: job_label_value(job.name), LABEL_MANAGED_BY: MANAGER}
 
 
 def _metadata(job: JobRef, name: str, labels: dict[str, str] | None = None) -> dict[str, Any]:
@@ -95,7 +99,7 @@ def build_service(job: JobRef, spec: LLMTrainingJobSpec) -> dict[str, Any]:
         "spec": {
             "clusterIP": "None",
             "publishNotReadyAddresses": True,
-            "selector": {LABEL_JOB: job.name},
+            "selector": {LABEL_JOB: job_label_value(job.name)},
             "ports": [
                 {"name": "rdzv", "port": RDZV_PORT, "targetPort": RDZV_PORT, "protocol": "TCP"},
                 {"name": "metrics", "port": spec.metrics.port, "targetPort": spec.metrics.port, "protocol": "TCP"},
@@ -105,7 +109,7 @@ def build_service(job: JobRef, spec: LLMTrainingJobSpec) -> dict[str, Any]:
 
 
 def master_addr(job: JobRef) -> str:
-    return f"{pod_name(job.name, 0)}.{service_name(job.name)}"
+    return rendezvous_host(job.name)
 
 
 def torchrun_command(job: JobRef, spec: LLMTrainingJobSpec, rank: int) -> list[str]:
@@ -294,7 +298,7 @@ def _pod_spec(
         "restartPolicy": "Never",
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
-        "terminationGracePeriodSeconds": 60,
+        "terminationGracePeriodSeconds": termination_grace_seconds(spec),
         "securityContext": {
             "runAsNonRoot": True,
             "runAsUser": RUN_AS_USER,

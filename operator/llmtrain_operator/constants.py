@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import re
+
 from llmtrain_contract.exit_codes import TERMINATION_LOG_ENV
 
 GROUP = "llmtrain.dev"
@@ -39,16 +42,55 @@ ANNOTATION_DEV_COMMAND = f"{GROUP}/dev-command"
 DEV_COMMAND_ENV = "LLMTRAIN_DEV_COMMAND_OVERRIDE"
 
 
+# Child names. A job's name is a DNS-1123 subdomain (dots allowed, up to 253 characters), but the Service name must
+# be a DNS-1035 label (no dots, starts with a letter, at most 63) and each pod's hostname a DNS-1123 label (at most
+# 63): `<stem>-node-<rank>` with ranks up to 4095 leaves 53 characters for the stem. A name that already fits is its
+# own stem (today's names stay); any other gets a readable prefix plus a short hash of the whole name, so the stem is
+# stable (a restarted operator derives the same one) and two long names sharing a prefix do not collide.
+MAX_NODES = 4096
+_POD_SUFFIX_LEN = len(f"-node-{MAX_NODES - 1}")
+MAX_STEM = 63 - _POD_SUFFIX_LEN  # 53
+_HASH_LEN = 8
+_DNS1035 = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
+MAX_LABEL_VALUE = 63
+
+
+def _short_hash(name: str) -> str:
+    return hashlib.sha256(name.encode()).hexdigest()[:_HASH_LEN]
+
+
+def child_stem(job: str) -> str:
+    """The DNS-1035 label, at most 53 characters, that the job's child names are built from."""
+    if len(job) <= MAX_STEM and _DNS1035.fullmatch(job):
+        return job
+    readable = re.sub(r"[^a-z0-9-]+", "-", job.lower())
+    if not readable[:1].isalpha():
+        readable = "j" + readable
+    readable = readable[: MAX_STEM - _HASH_LEN - 1].rstrip("-")
+    return f"{readable}-{_short_hash(job)}"
+
+
+def job_label_value(job: str) -> str:
+    """The llmtrain.dev/job-name label value: the job name when it fits a label value (63), else its stem."""
+    return job if len(job) <= MAX_LABEL_VALUE else child_stem(job)
+
+
 def config_map_name(job: str) -> str:
-    return f"{job}-config"
+    return f"{child_stem(job)}-config"
 
 
 def service_name(job: str) -> str:
-    return job
+    return child_stem(job)
 
 
 def pod_name(job: str, rank: int) -> str:
-    return f"{job}-node-{rank}"
+    """Also the pod's hostname: a DNS-1123 label."""
+    return f"{child_stem(job)}-node-{rank}"
+
+
+def rendezvous_host(job: str) -> str:
+    """Node 0's DNS name under the headless Service (MASTER_ADDR, the c10d rendezvous endpoint)."""
+    return f"{pod_name(job, 0)}.{service_name(job)}"
 
 
 def pod_group_name(job: str, attempt: int) -> str:

@@ -8,7 +8,11 @@
 * Apply order: status first (conditional on resourceVersion), then deletes, config updates, creates, events. A
   conflict means another write raced us: drop the decision and reconcile again from fresh state. Creates and
   deletes are idempotent: AlreadyExists and NotFound are outcomes, not errors.
-* A failure anywhere is logged with its traceback and counted in llmtrain_operator_reconcile_errors_total{stage},
+* A create the API server rejects (4xx other than AlreadyExists: a quota, an admission webhook, RBAC) is recorded
+  and handed to the next reconcile, which runs at once and reports it (Created=False/CreateFailed, Warning event).
+* With leader election (several replicas), only the leader reconciles; a standby keeps its pod index warm and
+  notes which jobs exist, and reconciles all of them the moment it leads (leader.py).
+* A failure anywhere else is logged with its traceback and counted in llmtrain_operator_reconcile_errors_total{stage},
   then retried; nothing is swallowed.
 
 No kopf here: handlers.py registers the kopf handlers that drive a Controller.
@@ -26,15 +30,29 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from llmtrain_contract.metrics import DEFAULT_METRICS_PORT
+
 from . import metrics
 from .api import TERMINAL_PHASES, Progress
 from .constants import GROUP, KIND, VERSION, config_map_name, service_name
 from .expectations import Expectations
 from .gang import POD_GROUP_API_VERSION
 from .kubeapi import ApiError, gather_limited
+from .leader import LeaderElector
 from .observe import PodView, controller_uid, pod_view
-from .progress import fetch_progress
-from .reconcile import Decision, Event, JobView, Observed, OperatorSettings, reconcile
+from .progress import MetricsUnreachable, fetch_progress, scrape_backoff
+from .reconcile import (
+    CreateFailure,
+    Decision,
+    Event,
+    JobView,
+    Observed,
+    OperatorSettings,
+    reconcile,
+)
+from .reconcile import (
+    MetricsUnreachable as Unreadable,
+)
 from .timestamps import rfc3339
 
 log = logging.getLogger("llmtrain_operator")
@@ -45,6 +63,8 @@ Decide = Callable[[JobView, Observed, datetime, OperatorSettings, Progress | Non
 ERROR_RETRY_SECONDS = 5.0  # after a failed reconcile
 CONFLICT_PAUSE_SECONDS = 0.05  # before re-reading a job whose status write lost a race
 WRITE_CONCURRENCY = 64  # creates or deletes in flight per job
+SCRAPE_TIMEOUT_SECONDS = 2.0  # per metrics read: a dead endpoint must not hold the resync up
+SCRAPE_CONCURRENCY = 32  # metrics reads in flight across all jobs
 
 
 class KubeApi(Protocol):
@@ -91,6 +111,12 @@ class JobSlot:
     expectations: Expectations = field(default_factory=Expectations)
     progress: Progress | None = None  # the latest training-progress sample, handed to the next reconcile
     phase: str | None = None
+    create_failure: CreateFailure | None = None  # the latest rejected create, until creates go through again
+    metrics_port: int = DEFAULT_METRICS_PORT  # spec.metrics.port as of the last reconcile
+    metrics_pod: str | None = None  # the node pod whose metrics held the job's step last time (global rank 0)
+    metrics_unreachable: Unreadable | None = None  # why reads of the job's metrics fail, and since when
+    scrape_failures: int = 0  # unreachable reads in a row
+    next_scrape_at: float = 0.0  # loop time before which the job's metrics are not read (back-off)
 
 
 @dataclass
@@ -105,15 +131,31 @@ class Controller:
     clock: Callable[[], datetime] = _utc_now
     slots: dict[Key, JobSlot] = field(default_factory=dict)
     resync_task: asyncio.Task[None] | None = None
+    elector: LeaderElector | None = None  # None: the only replica, always acting
+    leading: bool = True
     _background: set[asyncio.Future[None]] = field(default_factory=set)
     discovered: bool = False  # what the API server serves (PodGroups) was looked up
+
+    def __post_init__(self) -> None:
+        if self.elector is not None:
+            self.leading = False
+            self.elector.on_change = self.set_leading
+        metrics.LEADER.set(1 if self.leading else 0)
+
+    def set_leading(self, leading: bool) -> None:
+        """Leadership changed: a new leader reconciles every job it knows at once; a former one stops acting."""
+        self.leading = leading
+        metrics.LEADER.set(1 if leading else 0)
+        if leading:
+            for key in list(self.slots):
+                self.spawn(key)
 
     # -- triggering ---------------------------------------------------------------------------------------------
     async def trigger(self, key: Key) -> None:
         """Reconcile `key` now, or right after the reconcile already running for it."""
         slot = self.slots.setdefault(key, JobSlot())
         slot.dirty = True
-        if slot.running:
+        if slot.running or not self.leading:
             return
         slot.running = True
         try:
@@ -164,6 +206,7 @@ class Controller:
                 return
             job = JobView.from_body(body)
             await self._discover()
+            slot.metrics_port = int((job.spec.get("metrics") or {}).get("port") or DEFAULT_METRICS_PORT)
             if slot.uid != job.uid:  # a new job with the same name: forget what we knew about the old one
                 slot.uid, slot.known_children, slot.expectations = job.uid, set(), Expectations()
             observed = await self._observe(job, slot)
@@ -207,6 +250,8 @@ class Controller:
             service="Service" in slot.known_children,
             taken=frozenset(taken),
             config=config,
+            create_failure=slot.create_failure,
+            metrics_unreachable=slot.metrics_unreachable,
         )
 
     def _indexed_pods(self, key: Key) -> list[PodView]:
@@ -264,7 +309,13 @@ class Controller:
         await self._delete_children(job, slot, decision, now)
         for manifest in decision.updates:  # before the pods that mount it are created
             kind, child = manifest["kind"], manifest["metadata"]["name"]
-            await self.client.merge_patch(kind, job.namespace, child, {"data": manifest["data"]})
+            try:
+                await self.client.merge_patch(kind, job.namespace, child, {"data": manifest["data"]})
+            except ApiError as error:
+                if not is_rejection(error):
+                    raise
+                self._rejected(job, slot, [str(error)], now)  # no pods on a stale config: they wait for the retry
+                decision.creates = []
         await self._create_children(job, slot, decision, now)
         await gather_limited([self._post_event(body, event) for event in decision.events])
         if decision.delete_job:
@@ -287,8 +338,12 @@ class Controller:
         assert self.client is not None
         creates = [self.client.create(manifest) for manifest in decision.creates]
         results = await gather_limited(creates, limit=WRITE_CONCURRENCY)
+        rejected: list[str] = []
         for manifest, result in zip(decision.creates, results, strict=True):
             kind, name = manifest["kind"], manifest["metadata"]["name"]
+            if is_rejection(result):
+                rejected.append(str(result))
+                continue
             if isinstance(result, BaseException):
                 _raise_unless_gone(result, f"create {kind} {job.namespace}/{name}")
                 continue
@@ -300,6 +355,18 @@ class Controller:
                     log.info("job %s/%s: created pod %s (attempt %s)", job.namespace, job.name, name, view.attempt)
             elif result:  # a 409 may be a deleted namesake's leftover: the next _observe looks at the owner
                 slot.known_children.add(kind)
+        if rejected:
+            self._rejected(job, slot, rejected, now)
+        elif decision.creates:
+            slot.create_failure = None
+
+    def _rejected(self, job: JobView, slot: JobSlot, errors: list[str], now: datetime) -> None:
+        """Writes the API server refused: handed to the next reconcile, which runs at once to report them."""
+        message = errors[0] if len(errors) == 1 else f"{len(errors)} creates rejected; first: {errors[0]}"
+        log.warning("job %s/%s: %s", job.namespace, job.name, message)
+        metrics.CREATES_REJECTED.inc(len(errors))
+        slot.create_failure = CreateFailure(message, now)
+        slot.dirty = True  # report it now (the next reconcile holds creates back until the retry is due)
 
     async def _delete_children(self, job: JobView, slot: JobSlot, decision: Decision, now: datetime) -> None:
         assert self.client is not None
@@ -326,13 +393,23 @@ class Controller:
 
     # -- resync and progress ------------------------------------------------------------------------------------
     def start(self) -> None:
-        """Start the resync loop (a task, not a kopf timer: those need a finalizer on every job)."""
+        """Start the resync loop (a task, not a kopf timer: those need a finalizer on every job), and the election."""
         self.resync_task = asyncio.ensure_future(self.resync_forever())
         self.resync_task.add_done_callback(_report_crash)
+        if self.elector is not None:
+            self._keep(asyncio.ensure_future(self._campaign()))
+
+    async def _campaign(self) -> None:
+        assert self.elector is not None
+        while self.client is None:  # kopf logs in after the startup handlers ran
+            await asyncio.sleep(0.1)
+        await self.elector.run(self.client)  # type: ignore[arg-type]
 
     async def stop(self) -> None:
         if self.resync_task:
             self.resync_task.cancel()
+        if self.elector is not None and self.client is not None:
+            await self.elector.release(self.client)  # type: ignore[arg-type]
         if self.client:
             await self.client.close()
 
@@ -342,31 +419,67 @@ class Controller:
             await self.resync()
 
     async def resync(self) -> None:
-        """Sample every known job's training progress, then re-trigger it."""
-        for key in list(self.slots):
-            try:
-                await self._sample_progress(key)
-            except Exception:
+        """Sample the training progress of every unfinished job (concurrently, each read bounded by a short
+        timeout, unreachable endpoints backed off per job), then re-trigger those jobs. Finished jobs are left
+        out: their pod events and TTL requeue are all they still need."""
+        if not self.leading:
+            return
+        keys = [key for key, slot in self.slots.items() if slot.phase not in TERMINAL_PHASES]
+        results = await gather_limited([self._sample_progress(key) for key in keys], limit=SCRAPE_CONCURRENCY)
+        for key, result in zip(keys, results, strict=True):
+            if isinstance(result, Exception):
                 metrics.RECONCILE_ERRORS.labels("progress").inc()
-                log.exception("reading the training progress of job %s/%s failed", *key)
+                log.error("reading the training progress of job %s/%s failed", *key, exc_info=result)
             self.spawn(key)
 
     async def _sample_progress(self, key: Key) -> None:
         slot = self.slots.get(key)
-        if slot is None or slot.phase != "Running" or self.pods_index is None or self.client is None:
+        if slot is None or self.pods_index is None:
+            return
+        if slot.phase != "Running":
+            slot.metrics_unreachable, slot.scrape_failures, slot.next_scrape_at = None, 0, 0.0
+            return
+        now = asyncio.get_running_loop().time()
+        if now < slot.next_scrape_at:
             return
         ours = (pod for pod in self._indexed_pods(key) if pod.owner_uid in (None, slot.uid))
         pods = sorted((pod for pod in ours if pod.ip and not pod.finished), key=lambda pod: pod.rank)
         if not pods:
             return
-        body = await self.client.get(KIND, *key)
-        port = int(((body or {}).get("spec", {}).get("metrics") or {}).get("port", 9090))
-        # Global rank 0 serves the job's metrics; c10d rendezvous usually, not always, puts it on node 0.
-        for pod in pods:
-            sample = await asyncio.to_thread(fetch_progress, pod.ip, port)
-            if sample is not None:
-                slot.progress = sample
-                return
+        # Global rank 0 serves the job's metrics; c10d rendezvous usually, not always, puts it on node 0. Ask the
+        # pod that served last time (else node 0) first, and the others, concurrently, only when it has no step.
+        first = next((pod for pod in pods if pod.name == slot.metrics_pod), pods[0])
+        rest = [pod for pod in pods if pod is not first]
+        reads = [await self._read_metrics(first, slot.metrics_port)]
+        if not isinstance(reads[0], tuple):
+            reads += await gather_limited([self._read_metrics(pod, slot.metrics_port) for pod in rest], limit=8)
+        found = next((read for read in reads if isinstance(read, tuple)), None)
+        unreachable = [str(read) for read in reads if isinstance(read, MetricsUnreachable)]
+        if found is not None:
+            slot.metrics_pod, slot.progress = found
+        if len(unreachable) < len(reads):  # something answered: the endpoint is fine, the trainer may be starting
+            slot.metrics_unreachable, slot.scrape_failures, slot.next_scrape_at = None, 0, 0.0
+            return
+        slot.scrape_failures += 1
+        slot.next_scrape_at = now + scrape_backoff(slot.scrape_failures, self.resync_seconds)
+        since = slot.metrics_unreachable.since if slot.metrics_unreachable else self.clock()
+        message = f"no node pod's metrics port answered ({len(reads)} tried): {unreachable[0]}"
+        slot.metrics_unreachable = Unreadable(message, since)
+
+    async def _read_metrics(self, pod: PodView, port: int) -> tuple[str, Progress] | MetricsUnreachable | None:
+        """(pod name, progress) when the pod serves the job's step; the error when nothing answered; else None."""
+        assert pod.ip is not None
+        try:
+            sample = await asyncio.to_thread(fetch_progress, pod.ip, port, SCRAPE_TIMEOUT_SECONDS)
+        except MetricsUnreachable as error:
+            return error
+        return (pod.name, sample) if sample is not None else None
+
+
+def is_rejection(result: object) -> bool:
+    """The API server refused a write for a reason the job's owner must see (quota, admission, RBAC, invalid):
+    a 4xx other than 404 (the namespace is going away) and 409 (AlreadyExists, an outcome)."""
+    return isinstance(result, ApiError) and 400 <= result.status < 500 and result.status not in (404, 409)
 
 
 def _raise_unless_gone(error: BaseException, what: str) -> None:
@@ -389,7 +502,7 @@ def event_manifest(job_body: dict[str, Any], event: Event, now: datetime) -> dic
     return {
         "apiVersion": "v1",
         "kind": "Event",
-        "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+        "metadata": {"generateName": f"{meta['name'][:200]}.", "namespace": meta["namespace"]},  # name <= 253
         "involvedObject": {
             "apiVersion": f"{GROUP}/{VERSION}",
             "kind": KIND,

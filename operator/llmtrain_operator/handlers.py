@@ -1,12 +1,15 @@
 """kopf wiring: registers the handlers that drive a controller.Controller. No policy and no runtime logic here.
 
 * LLMTrainingJob events and node-pod events both just *trigger* a reconcile of the job (the Controller coalesces).
-* Node pods are kept in a kopf index (label llmtrain.dev/job-name) as PodViews, so a reconcile lists nothing.
+* Node pods are kept in a kopf index (label llmtrain.dev/job-name) as PodViews, keyed by the job that controls
+  them (its ownerReference: the label holds a shortened name for jobs named longer than 63), so a reconcile lists
+  nothing.
 * Startup starts the Controller's resync loop; login gives it its Kubernetes client.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from dataclasses import replace
@@ -17,7 +20,7 @@ import kopf
 from .constants import GROUP, LABEL_JOB, PLURAL, VERSION
 from .controller import Controller, Key
 from .kubeapi import KubeClient
-from .observe import PodView, pod_view
+from .observe import PodView, owning_job, pod_view
 
 
 def in_cluster_login(**kwargs: Any) -> kopf.ConnectionInfo | None:
@@ -34,15 +37,28 @@ def in_cluster_login(**kwargs: Any) -> kopf.ConnectionInfo | None:
     return replace(info, server=f"https://{host}:{port}")
 
 
+def configure_watching(settings: kopf.OperatorSettings) -> None:
+    """Watch settings. The pod watch is filtered by the API server (labelSelector=llmtrain.dev/job-name): the
+    handlers' own `labels=` filters are applied by kopf client-side, after every pod in the namespace (or the
+    cluster) has been sent, deserialised and cached; only watching.label_selectors reaches the API server."""
+    settings.watching.server_timeout = 300  # ask the API server to end each watch after 5 min...
+    settings.watching.client_timeout = 330  # ...and give up on a silent connection a little later
+    settings.watching.connect_timeout = 10
+    settings.watching.label_selectors["pods"] = LABEL_JOB  # the label exists
+    settings.posting.level = logging.WARNING  # our transition events are posted by the Controller
+
+
+def log_in(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    """In the cluster: the service account (its token file is read anew on every call); outside: the kubeconfig."""
+    return in_cluster_login(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+
+
 def register(registry: kopf.OperatorRegistry, controller: Controller) -> None:
     """Attach the handlers to `registry`, closing over `controller`."""
 
     @kopf.on.startup(registry=registry, id="configure")
     async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
-        settings.watching.server_timeout = 300  # ask the API server to end each watch after 5 min...
-        settings.watching.client_timeout = 330  # ...and give up on a silent connection a little later
-        settings.watching.connect_timeout = 10
-        settings.posting.level = logging.WARNING  # our transition events are posted by the Controller
+        configure_watching(settings)
         controller.start()
 
     @kopf.on.cleanup(registry=registry, id="shutdown")
@@ -51,14 +67,17 @@ def register(registry: kopf.OperatorRegistry, controller: Controller) -> None:
 
     @kopf.on.login(registry=registry, id="login")
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
-        info = in_cluster_login(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+        info = log_in(**kwargs)
         if info is not None and controller.client is None:
-            controller.client = KubeClient(info)
+            # kopf logs in again for its own watches when refused; our client does the same, with the same handler.
+            controller.client = KubeClient(info, login=functools.partial(log_in, **kwargs))
+        elif info is not None and isinstance(controller.client, KubeClient):
+            controller.client.info = info  # kopf's re-login (a rotated token): our client uses it too
         return info
 
     @kopf.index("pods", labels={LABEL_JOB: kopf.PRESENT}, registry=registry, id="node_pods")
     def node_pods(body: kopf.Body, namespace: str, labels: kopf.Labels, **_: Any) -> dict[Key, PodView]:
-        return {(namespace, labels[LABEL_JOB]): pod_view(dict(body))}
+        return {(namespace, owning_job(dict(body)) or labels[LABEL_JOB]): pod_view(dict(body))}
 
     @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry, id="job_event")
     async def job_event(type: str, namespace: str, name: str, node_pods: kopf.Index, **_: Any) -> None:
@@ -69,8 +88,8 @@ def register(registry: kopf.OperatorRegistry, controller: Controller) -> None:
         await controller.trigger((namespace, name))
 
     @kopf.on.event("pods", labels={LABEL_JOB: kopf.PRESENT}, registry=registry, id="pod_event")
-    async def pod_event(namespace: str, labels: kopf.Labels, node_pods: kopf.Index, **_: Any) -> None:
+    async def pod_event(body: kopf.Body, namespace: str, labels: kopf.Labels, node_pods: kopf.Index, **_: Any) -> None:
         controller.pods_index = node_pods
-        key = (namespace, labels[LABEL_JOB])
+        key = (namespace, owning_job(dict(body)) or labels[LABEL_JOB])
         if key in controller.slots:  # pods of jobs we have never seen are not ours to act on yet
             await controller.trigger(key)

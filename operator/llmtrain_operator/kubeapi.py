@@ -1,7 +1,14 @@
 """A small asyncio Kubernetes API client on aiohttp, authenticated like kopf (kopf.ConnectionInfo).
 
 The operator needs a handful of verbs on a handful of paths; talking JSON directly keeps manifests as plain dicts
-(exactly what builders.py produces) and lets every write be counted for the scale benchmark.
+(exactly what builders.py produces) and lets every write be counted for the scale benchmark. It behaves like the
+real clients (client-go, kubernetes.aio) where it matters:
+
+* 401 Unauthorized: log in again (the same kopf login handler the operator started with, which re-reads the
+  service account's projected token file: bound tokens rotate) and repeat the request once with the new credentials.
+* 429 and 5xx (and a dropped connection): retried with full-jitter exponential backoff, honouring Retry-After;
+  every write the operator makes is safe to repeat (fixed names -> 409, delete -> 404, conditional status patch).
+* At most `max_in_flight` requests at a time, whatever the callers do.
 """
 
 from __future__ import annotations
@@ -9,17 +16,21 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from dataclasses import dataclass
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
 import kopf
 
 from .constants import GROUP, PLURAL, VERSION
-from .metrics import API_REQUESTS
+from .metrics import API_REQUESTS, API_RETRIES
 
 log = logging.getLogger(__name__)
 MERGE_PATCH = "application/merge-patch+json"
+RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
+Login = Callable[[], "kopf.ConnectionInfo | None"]
 
 _PATHS = {
     "Pod": "/api/v1/namespaces/{ns}/pods",
@@ -27,8 +38,35 @@ _PATHS = {
     "ConfigMap": "/api/v1/namespaces/{ns}/configmaps",
     "Event": "/api/v1/namespaces/{ns}/events",
     "PodGroup": "/apis/scheduling.k8s.io/v1beta1/namespaces/{ns}/podgroups",
+    "Lease": "/apis/coordination.k8s.io/v1/namespaces/{ns}/leases",
     "LLMTrainingJob": f"/apis/{GROUP}/{VERSION}/namespaces/{{ns}}/{PLURAL}",
 }
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """How long to wait before retry `attempt` (0-based): full jitter over an exponential ceiling (the AWS
+    architecture blog's "full jitter", as client-go's flowcontrol does), or what the server's Retry-After asks."""
+
+    attempts: int = 6  # requests in all, the first included
+    base: float = 0.2  # seconds: the ceiling of the first retry's wait
+    cap: float = 10.0  # seconds: the largest ceiling
+    max_retry_after: float = 60.0  # a Retry-After longer than this is cut to it
+
+    def delay(self, attempt: int, retry_after: str | None = None, rand: float = 1.0) -> float:
+        server = parse_retry_after(retry_after)
+        if server is not None:
+            return min(server, self.max_retry_after)
+        return rand * min(self.cap, self.base * 2**attempt)
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Retry-After in seconds (the form the API server sends); None when absent or not a number."""
+    try:
+        seconds = float(value) if value is not None else None
+    except ValueError:
+        return None
+    return max(seconds, 0.0) if seconds is not None else None
 
 
 def resource_of(path: str) -> str:
@@ -52,13 +90,18 @@ class ApiError(Exception):
 class KubeClient:
     info: kopf.ConnectionInfo
     timeout: float = 30.0
+    login: Login | None = None  # called again after a 401: fresh credentials (a rotated token), or None
+    backoff: Backoff = field(default_factory=Backoff)
+    max_in_flight: int = 32
     _session: aiohttp.ClientSession | None = None
+    _slots: asyncio.Semaphore | None = None
+    _relogin: asyncio.Lock | None = None
 
     def _ensure(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=64, ssl=self.info.as_ssl_context()),
-                headers={**self.info.as_http_headers(), "User-Agent": "llmtrain-operator"},
+                connector=aiohttp.TCPConnector(limit=self.max_in_flight * 2, ssl=self.info.as_ssl_context()),
+                headers={"User-Agent": "llmtrain-operator"},
                 timeout=aiohttp.ClientTimeout(total=self.timeout),
             )
         return self._session
@@ -70,10 +113,40 @@ class KubeClient:
     async def request(
         self, method: str, path: str, body: Any = None, content_type: str = "application/json"
     ) -> tuple[int, Any]:
+        """One API call, retried as the module docstring says; the final status and body."""
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(self.max_in_flight)
+        reauthenticated = False
+        attempt = 0
+        while True:
+            info = self.info
+            async with self._slots:
+                try:
+                    status, payload, retry_after = await self._send(info, method, path, body, content_type)
+                except (aiohttp.ClientConnectionError, TimeoutError) as error:
+                    if attempt + 1 >= self.backoff.attempts:
+                        raise
+                    status, payload, retry_after = 0, str(error), None
+            if status == 401 and not reauthenticated and self.login is not None:
+                reauthenticated = True
+                await self._reauthenticate(info)
+                continue
+            retryable = status in RETRYABLE_STATUSES or status == 0  # 0: the connection dropped
+            if not retryable or attempt + 1 >= self.backoff.attempts:
+                return status, payload
+            delay = self.backoff.delay(attempt, retry_after, random.random())
+            API_RETRIES.labels(str(status)).inc()
+            log.info("%s %s: %s; retry %d in %.2fs", method, path, status or payload, attempt + 1, delay)
+            attempt += 1
+            await asyncio.sleep(delay)
+
+    async def _send(
+        self, info: kopf.ConnectionInfo, method: str, path: str, body: Any, content_type: str
+    ) -> tuple[int, Any, str | None]:
         session = self._ensure()
         data = None if body is None else json.dumps(body)
-        headers = {"Content-Type": content_type} if body is not None else {}
-        url = self.info.server.rstrip("/") + path
+        headers = {**info.as_http_headers(), **({"Content-Type": content_type} if body is not None else {})}
+        url = info.server.rstrip("/") + path
         async with session.request(method, url, data=data, headers=headers) as response:
             text = await response.text()
             API_REQUESTS.labels(method, resource_of(path), str(response.status)).inc()
@@ -81,7 +154,20 @@ class KubeClient:
                 payload = json.loads(text) if text else None
             except json.JSONDecodeError:
                 payload = text
-            return response.status, payload
+            return response.status, payload, response.headers.get("Retry-After")
+
+    async def _reauthenticate(self, rejected: kopf.ConnectionInfo) -> None:
+        """Log in again, once for all the requests that were refused with the same credentials."""
+        assert self.login is not None
+        if self._relogin is None:
+            self._relogin = asyncio.Lock()
+        async with self._relogin:
+            if self.info is not rejected:
+                return  # another request logged in meanwhile
+            fresh = await asyncio.to_thread(self.login)
+            if fresh is not None:
+                log.info("the API server refused our credentials (401); logged in again")
+                self.info = fresh
 
     @staticmethod
     def path(kind: str, namespace: str, name: str | None = None) -> str:
@@ -117,7 +203,8 @@ class KubeClient:
         return status != 409
 
     async def merge_patch(self, kind: str, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
-        """JSON merge patch of an object we own (e.g. a re-rendered config)."""
+        """JSON merge patch of an object we own (e.g. a re-rendered config); with metadata.resourceVersion in the
+        patch, the API server applies it only to that version (409 otherwise)."""
         path, what = self.path(kind, namespace, name), f"patch {kind} {namespace}/{name}"
         _, body = await self._call("PATCH", path, what, patch, content_type=MERGE_PATCH)
         return body

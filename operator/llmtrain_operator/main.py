@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import socket
 import sys
+import uuid
 
 import kopf
 from prometheus_client import start_http_server
@@ -13,6 +15,7 @@ from prometheus_client import start_http_server
 from .constants import DEFAULT_TRAINER_IMAGE, DEV_COMMAND_ENV
 from .controller import Controller
 from .handlers import register
+from .leader import LeaderElector
 from .reconcile import OperatorSettings
 
 log = logging.getLogger("llmtrain_operator")
@@ -61,11 +64,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=float(os.environ.get("LLMTRAIN_RESYNC_SECONDS", "10")),
         help="how often every job is re-reconciled and its progress read",
     )
+    p.add_argument(
+        "--leader-elect",
+        action="store_true",
+        default=os.environ.get("LLMTRAIN_LEADER_ELECT", "").lower() in ("1", "true"),
+        help="run as one of several replicas: only the holder of a coordination.k8s.io Lease acts "
+        "(env LLMTRAIN_LEADER_ELECT=true)",
+    )
+    p.add_argument(
+        "--leader-election-namespace",
+        default=os.environ.get("POD_NAMESPACE", ""),
+        help="namespace of the Lease: the operator's own (env POD_NAMESPACE)",
+    )
+    p.add_argument(
+        "--leader-election-name",
+        default=os.environ.get("LLMTRAIN_LEADER_ELECTION_NAME", "llmtrain-operator"),
+        help="name of the Lease (env LLMTRAIN_LEADER_ELECTION_NAME)",
+    )
     p.add_argument("--verbose", action="store_true", help="debug logging")
     args = p.parse_args(argv)
     args.namespaces = args.namespaces or env_ns
     if args.resync_seconds <= 0:
         p.error("--resync-seconds must be positive")
+    if args.leader_elect and not args.leader_election_namespace:
+        p.error("--leader-elect needs --leader-election-namespace (or env POD_NAMESPACE)")
     return args
 
 
@@ -87,7 +109,12 @@ def main(argv: list[str] | None = None) -> int:
         log.warning("%s=1: jobs may replace torchrun with a dev command (tests only)", DEV_COMMAND_ENV)
     if args.metrics_port:
         start_http_server(args.metrics_port)
-    controller = Controller(settings=settings, resync_seconds=args.resync_seconds)
+    elector = None
+    if args.leader_elect:
+        identity = f"{socket.gethostname()}_{uuid.uuid4().hex[:8]}"
+        elector = LeaderElector(args.leader_election_namespace, args.leader_election_name, identity)
+        log.info("leader election on lease %s/%s as %s", elector.namespace, elector.name, identity)
+    controller = Controller(settings=settings, resync_seconds=args.resync_seconds, elector=elector)
     registry = kopf.OperatorRegistry()
     register(registry, controller)
     scope = f"namespaces {','.join(args.namespaces)}" if args.namespaces else "cluster-wide"

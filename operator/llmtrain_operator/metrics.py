@@ -7,6 +7,11 @@ from prometheus_client import Counter, Gauge, Histogram
 JOBS = Gauge("llmtrain_operator_jobs", "LLMTrainingJobs known to this operator, by phase.", ["phase"])
 TRANSITIONS = Counter("llmtrain_operator_phase_transitions_total", "Job phase transitions.", ["from_phase", "to_phase"])
 PODS_CREATED = Counter("llmtrain_operator_pods_created_total", "Node pods created.")
+CREATES_REJECTED = Counter(
+    "llmtrain_operator_creates_rejected_total",
+    "Creates (and config patches) the API server refused (quota, admission, RBAC); each also sets "
+    "Created=False/CreateFailed on the job.",
+)
 PODS_DELETED = Counter("llmtrain_operator_pods_deleted_total", "Node pods deleted.")
 GANG_RESTARTS = Counter("llmtrain_operator_gang_restarts_total", "Gang restarts after retryable failures.")
 RECONCILE_SECONDS = Histogram(
@@ -23,11 +28,18 @@ RECONCILE_ERRORS = Counter(
 )
 for _stage in ERROR_STAGES:
     RECONCILE_ERRORS.labels(_stage)  # every series exported from the start, at 0, so rate() sees the first error
+API_RETRIES = Counter(
+    "llmtrain_operator_api_retries_total",
+    "Kubernetes API requests repeated after 429, 5xx or a dropped connection (code 0), by the status that caused it.",
+    ["code"],
+)
 API_REQUESTS = Counter(
     "llmtrain_operator_api_requests_total",
     "Kubernetes API requests made by the operator (kopf's own watches not included).",
     ["verb", "resource", "code"],
 )
+
+LEADER = Gauge("llmtrain_operator_leader", "1 while this replica is the leader and acts on jobs; 0 while it stands by.")
 
 PHASES = ("Pending", "Running", "Restarting", "Succeeded", "Failed", "Suspended")
 

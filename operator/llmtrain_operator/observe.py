@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from llmtrain_contract.exit_codes import PERMANENT_EXIT_CODES, parse_termination_record
 
-from .constants import LABEL_ATTEMPT, LABEL_RANK
+from .constants import KIND, LABEL_ATTEMPT, LABEL_RANK
 from .timestamps import parse_time
 
 # Pod-level reasons for a pod that failed through no fault of its own: restart the gang elsewhere.
@@ -94,6 +94,13 @@ def controller_uid(body: dict[str, Any]) -> str | None:
     """uid of the object's controlling owner: tells our children from a deleted namesake job's leftovers."""
     refs = (body.get("metadata") or {}).get("ownerReferences") or []
     return next((r.get("uid") for r in refs if r.get("controller")), None)
+
+
+def owning_job(body: dict[str, Any]) -> str | None:
+    """Name of the LLMTrainingJob that controls a pod: the full job name, which the job-name label holds only when
+    it fits a label value (63 characters); the operator's pod index is keyed by this."""
+    refs = (body.get("metadata") or {}).get("ownerReferences") or []
+    return next((r.get("name") for r in refs if r.get("controller") and r.get("kind") == KIND), None)
 
 
 def _int(value: Any, default: int) -> int:

@@ -1,7 +1,8 @@
 """Training progress from rank 0's Prometheus text (metric names: llmtrain_contract.metrics).
 
-Parsing is pure (`parse_progress`); `fetch_progress` does the HTTP read and treats an unreachable endpoint as
-"no news", never as an error: the trainer only serves metrics once it is up.
+Parsing is pure (`parse_progress`, `with_step_time`); `fetch_progress` does the HTTP read and raises
+MetricsUnreachable when nothing answers (the job's Progressing condition says so, and stall detection waits);
+an endpoint that answers without a step yet (the trainer is starting) is "no news".
 """
 
 from __future__ import annotations
@@ -10,11 +11,13 @@ import logging
 import math
 import urllib.error
 import urllib.request
+from datetime import datetime
 
 from llmtrain_contract import metrics as names
 from prometheus_client.parser import text_string_to_metric_families
 
 from .api import Progress
+from .timestamps import rfc3339
 
 log = logging.getLogger(__name__)
 
@@ -85,17 +88,38 @@ def final_progress(last: Progress | None, summary: dict) -> Progress:
     )
 
 
+class MetricsUnreachable(Exception):
+    """Nothing answered on a node pod's metrics port (refused, timed out, unroutable)."""
+
+
 def fetch_progress(ip: str, port: int, timeout: float = 2.0) -> Progress | None:
-    """GET http://<ip>:<port>/metrics and parse it; None when unreachable or not (yet) training."""
+    """GET http://<ip>:<port>/metrics and parse it; None when it answers without a step (not training yet)."""
     url = f"http://{ip}:{port}{names.METRICS_PATH}"
     try:
         with urllib.request.urlopen(url, timeout=timeout) as resp:
             text = resp.read().decode("utf-8", "replace")
+    except urllib.error.HTTPError as e:  # it answered: a server is there, just not a trainer's metrics
+        log.debug("metrics endpoint %s answered %s", url, e.code)
+        return None
     except (urllib.error.URLError, OSError, ValueError) as e:
         log.debug("metrics endpoint %s unreachable: %s", url, e)
-        return None
+        raise MetricsUnreachable(f"{url}: {getattr(e, 'reason', e)}") from e
     try:
         return parse_progress(text)
     except ValueError as e:
         log.debug("metrics endpoint %s served unparsable text: %s", url, e)
         return None
+
+
+def with_step_time(stored: Progress | None, sample: Progress, now: datetime) -> Progress:
+    """The new sample, stamped with when its step was first seen: now if the step moved, else the stored stamp."""
+    same_step = stored is not None and stored.step == sample.step and stored.last_step_time is not None
+    return sample.model_copy(update={"last_step_time": stored.last_step_time if same_step else rfc3339(now)})
+
+
+def scrape_backoff(failures: int, interval: float, cap: float = 300.0) -> float:
+    """Seconds to skip a job's metrics after `failures` unreachable scrapes in a row: doubling from one resync
+    interval, at most `cap`; 0 after a success. One job with a dead endpoint must not slow every resync."""
+    if failures <= 0:
+        return 0.0
+    return min(cap, interval * 2 ** (failures - 1))

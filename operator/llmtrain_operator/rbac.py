@@ -11,6 +11,8 @@ RULES: list[dict[str, list[str]]] = [
     # The custom resource: watched, read, deleted when ttlSecondsAfterFinished expires; status written.
     {"apiGroups": [GROUP], "resources": [PLURAL], "verbs": ["get", "list", "watch", "delete"]},
     {"apiGroups": [GROUP], "resources": [f"{PLURAL}/status"], "verbs": ["get", "patch", "update"]},
+    # Children carry blockOwnerDeletion: under OwnerReferencesPermissionEnforcement that needs update on finalizers.
+    {"apiGroups": [GROUP], "resources": [f"{PLURAL}/finalizers"], "verbs": ["update"]},
     # Children.
     {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch", "create", "delete"]},
     {"apiGroups": [""], "resources": ["services"], "verbs": ["get", "create", "delete"]},
@@ -31,3 +33,9 @@ def allows(api_group: str, resource: str, verb: str, rules: list[dict[str, list[
     return any(
         api_group in r["apiGroups"] and resource in r["resources"] and verb in r["verbs"] for r in rules or RULES
     )
+
+
+# With leader election (the chart's default, two replicas): the Lease in the operator's own namespace only.
+LEADER_ELECTION_RULES: list[dict[str, list[str]]] = [
+    {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "patch", "update"]},
+]

@@ -2,7 +2,7 @@
 
 Level-triggered and idempotent: the same inputs give the same Decision, and applying a Decision twice is harmless
 (creates use deterministic names, deletes tolerate NotFound). Status is written *before* children are touched, and
-node pods carry the restart attempt they belong to (label llmtrain.dev/attempt == status.restarts), so an operator
+node pods carry the restart attempt they belong to (label llmtrain.dev/attempt == status.attempt), so an operator
 killed between the two steps finds stale pods on restart and deletes them instead of counting a failure twice.
 
 `reconcile` runs the named policies of POLICIES in order over one ReconcileContext; the first policy that settles
@@ -12,6 +12,7 @@ the job's state for this round returns the Decision, later ones never see it:
     spec_validation_policy   an invalid spec (or dev-command annotation) fails the job with InvalidSpec
     gang_policy              how the gang is placed (native PodGroup, Kueue pod group, none): status.gang
     namesake_policy          wait while a deleted job of the same name still holds the config or Service name
+    create_failure_policy    a create the API server rejected -> Created=False/CreateFailed + Warning; creates pause
     config_service_policy    create the ConfigMap and Service when missing
     suspend_policy           suspend deletes the pods and stops there; resume returns the job to Pending
     deadline_policy          runPolicy.activeDeadlineSeconds, counted from the current run's start
@@ -19,9 +20,13 @@ the job's state for this round returns the Decision, later ones never see it:
     resize_policy            spec.nodes/procsPerNode changed: checkpointed stop, next attempt at the new size
     failure_policy           permanent exit -> Failed; disruption (eviction, preemption, node loss) -> gang restart
                              not counted; other failures -> gang restart within backoffLimit, else
-                             BackoffLimitExceeded
+                             BackoffLimitExceeded; the same failure crashLoopLimit attempts in a row without
+                             progress -> CrashLoop
     success_policy           every node pod Succeeded -> Succeeded, with rank 0's final progress
+    stall_policy             Running, but rank 0's step has not moved for stallTimeoutSeconds -> gang restart
+                             (Stalled); unreadable metrics -> Progressing=Unknown instead
     pod_creation_policy      create the attempt's missing pods (and its PodGroup) once their names are free
+                             (config re-rendered); Created=True once every node pod exists
     queue_policy             pods held by a queue or waiting for capacity -> condition Queued, at once
     running_policy           every node pod Running -> Running
     startup_policy           pods Pending past startupTimeoutSeconds get a condition (and a Warning) saying why
@@ -38,16 +43,28 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from .api import TERMINAL_PHASES, Condition, LLMTrainingJobSpec, LLMTrainingJobStatus, Progress, RunPolicy
+from .api import (
+    TERMINAL_PHASES,
+    Condition,
+    FailureStreak,
+    LLMTrainingJobSpec,
+    LLMTrainingJobStatus,
+    Progress,
+    RunPolicy,
+)
 from .builders import JobRef, build_config_map, build_pod, build_service
 from .constants import ANNOTATION_DEV_COMMAND, config_map_name, pod_group_name, pod_name, service_name
 from .gang import GangMode, GangUnavailable, build_pod_group, gang_mode, place_in_gang
 from .observe import Failure, PodView, classify_failure, pending_reason, trainer_report
-from .progress import final_progress
+from .progress import final_progress, with_step_time
 from .timestamps import parse_time, rfc3339
 from .validate import parse_spec, procs_per_node, validate_spec
 
 RETRY_SOON = 1.0  # seconds; while pods terminate or names are still taken
+# A trainer serves no metrics while it starts (imports, rendezvous, loading): unreadable metrics are reported only
+# once they have been for this long, or for stallTimeoutSeconds when that is shorter.
+METRICS_GRACE_SECONDS = 120.0
+CREATE_RETRY_SECONDS = 5.0  # after the API server rejected a create (quota, admission webhook, RBAC)
 
 
 @dataclass(frozen=True)
@@ -81,6 +98,22 @@ class JobView:
 
 
 @dataclass(frozen=True)
+class CreateFailure:
+    """A create the API server refused with a 4xx other than AlreadyExists: the message is the API's own."""
+
+    message: str
+    at: datetime
+
+
+@dataclass(frozen=True)
+class MetricsUnreachable:
+    """No node pod's metrics port answered, at every read since `since`."""
+
+    message: str
+    since: datetime
+
+
+@dataclass(frozen=True)
 class Observed:
     """Children that exist now (pods of any attempt, including terminating ones)."""
 
@@ -91,6 +124,10 @@ class Observed:
     taken: frozenset[str] = frozenset()
     # The ConfigMap's data when it was read for this reconcile (before a new attempt's pods), else None.
     config: dict[str, str] | None = None
+    # The latest create the API server rejected (cleared once creates go through again).
+    create_failure: CreateFailure | None = None
+    # Why rank 0's metrics could not be read, and since when (None: read at the last attempt, or not tried).
+    metrics_unreachable: MetricsUnreachable | None = None
 
 
 @dataclass(frozen=True)
@@ -182,12 +219,13 @@ class ReconcileContext:
         if "attempt" not in job.status:
             self.status.attempt = self.status.restarts  # written before attempts were counted apart from restarts
         if progress is not None:
-            self.status.progress = progress
+            self.status.progress = with_step_time(stored.progress, progress, now)
         self.decision = Decision(status={}, old_status=_status_dict(stored) if job.status else {})
         self._spec: LLMTrainingJobSpec | None = None
         self.command: list[str] | None = None  # the dev-command annotation, when the operator honours it
         self.current: list[PodView] = []  # this attempt's node pods, set by attempt_policy
         self.gang: GangMode = "none"  # set by gang_policy
+        self.hold_creates = False  # set by create_failure_policy while a rejected create waits for its retry
 
     # -- the accepted spec ---------------------------------------------------------------------------------------
     def accept(self, spec: LLMTrainingJobSpec, command: list[str] | None) -> None:
@@ -389,8 +427,29 @@ def namesake_policy(ctx: ReconcileContext) -> Decision | None:
     return None
 
 
+def create_failure_policy(ctx: ReconcileContext) -> Decision | None:
+    """A create the API server rejected (a ResourceQuota, an admission webhook, RBAC) is reported at once: the
+    Created condition turns False with reason CreateFailed and the API's message, with one Warning event per
+    distinct message. Creates pause for CREATE_RETRY_SECONDS, then are retried; the job proceeds once the cause is
+    lifted."""
+    failure = ctx.observed.create_failure
+    if failure is None:
+        return None
+    created = ctx.condition("Created")
+    if created is None or created.reason != "CreateFailed" or created.message != failure.message:
+        ctx.event("Warning", "CreateFailed", failure.message)
+    ctx.set_condition("Created", "False", "CreateFailed", failure.message)
+    wait = (failure.at + timedelta(seconds=CREATE_RETRY_SECONDS) - ctx.now).total_seconds()
+    if wait > 0:
+        ctx.hold_creates = True
+        ctx.decision.requeue(wait)
+    return None
+
+
 def config_service_policy(ctx: ReconcileContext) -> Decision | None:
     """The ConfigMap and the headless Service exist whenever the job is not finished, suspended ones included."""
+    if ctx.hold_creates:
+        return None
     if not ctx.observed.config_map:
         ctx.decision.creates.append(build_config_map(ctx.job.ref, ctx.spec))
     if not ctx.observed.service:
@@ -439,7 +498,7 @@ def deadline_policy(ctx: ReconcileContext) -> Decision | None:
 
 
 def attempt_policy(ctx: ReconcileContext) -> Decision | None:
-    """Only the current attempt's pods (attempt label == status.restarts) count; earlier attempts' pods go."""
+    """Only the current attempt's pods (attempt label == status.attempt) count; earlier attempts' pods go."""
     ctx.current = ctx.count_pods(ctx.spec.nodes)
     ctx.delete_pods([pod for pod in ctx.observed.pods if pod not in ctx.current])
     return None
@@ -474,11 +533,40 @@ def failure_policy(ctx: ReconcileContext) -> Decision | None:
     charged = [failure for failure in failures if failure.kind == "retryable" or policy.count_disruptions]
     if not charged:
         return _disruption_restart(ctx, failures[0])
-    first = charged[0]
+    return restart_or_fail(ctx, charged[0])
+
+
+def restart_or_fail(ctx: ReconcileContext, cause: Failure) -> Decision:
+    """A retryable failure: restart the gang while backoffLimit allows, else fail with BackoffLimitExceeded; the
+    same failure crashLoopLimit attempts in a row, with no step made in between, fails at once with CrashLoop."""
+    policy = ctx.spec.run_policy
+    progress = ctx.status.progress
+    streak = failure_streak(ctx.status.last_failure, cause, progress.step if progress else None)
+    ctx.status.last_failure = streak
     if ctx.status.restarts >= policy.backoff_limit:
-        message = f"{first.message}; backoffLimit {policy.backoff_limit} reached after {ctx.status.restarts} restarts"
+        message = f"{cause.message}; backoffLimit {policy.backoff_limit} reached after {ctx.status.restarts} restarts"
         return fail_job(ctx, "BackoffLimitExceeded", message, policy, stop_pods=True)
-    return _gang_restart(ctx, first)
+    if policy.crash_loop_limit and cause.reason in CRASH_LOOP_REASONS and streak.count >= policy.crash_loop_limit:
+        where = f"at step {streak.step}" if streak.step is not None else "before any step"
+        message = f"{streak.count} attempts in a row failed the same way {where}: {cause.message}"
+        return fail_job(ctx, "CrashLoop", message, policy, stop_pods=True)
+    return _gang_restart(ctx, cause)
+
+
+# Failures of the job's own making; a disruption (eviction, node loss) says nothing about the next attempt.
+CRASH_LOOP_REASONS = frozenset({"PodFailed", "Stalled"})
+
+
+def failure_streak(previous: FailureStreak | None, cause: Failure, step: int | None) -> FailureStreak:
+    """The streak after `cause`: one longer when the previous attempt failed with the same reason and message at
+    the same step (no progress in between), else a new streak of one."""
+    same = previous is not None and (previous.reason, previous.message, previous.step) == (
+        cause.reason,
+        cause.message,
+        step,
+    )
+    count = previous.count + 1 if same and previous is not None else 1
+    return FailureStreak(reason=cause.reason, message=cause.message, step=step, count=count)
 
 
 def attempt_failures(ctx: ReconcileContext) -> list[Failure]:
@@ -543,12 +631,68 @@ def success_policy(ctx: ReconcileContext) -> Decision | None:
     return None
 
 
+def stall_policy(ctx: ReconcileContext) -> Decision | None:
+    """A Running gang whose rank 0 has not advanced a step for stallTimeoutSeconds is hung (a deadlocked
+    collective, a wedged filesystem): restart it (reason Stalled, counted against backoffLimit) with a Warning that
+    names the last step. The clock starts at the later of the last step change and the gang's start, so a new
+    attempt gets the full timeout. Unreadable metrics are not a stall: once they have been unreadable for
+    METRICS_GRACE_SECONDS (or the stall timeout, if shorter), Progressing=Unknown says so instead."""
+    if ctx.status.phase != "Running" or len([pod for pod in ctx.live if pod.phase == "Running"]) != ctx.spec.nodes:
+        return None
+    timeout = ctx.spec.run_policy.stall_timeout_seconds
+    unreachable = ctx.observed.metrics_unreachable
+    if unreachable is not None:
+        grace = min(METRICS_GRACE_SECONDS, timeout or METRICS_GRACE_SECONDS)
+        left = (unreachable.since + timedelta(seconds=grace) - ctx.now).total_seconds()
+        if left > 0:
+            ctx.decision.requeue(left)
+            return None
+        message = f"rank 0's metrics cannot be read, so stalls go undetected: {unreachable.message}"
+        progressing = ctx.condition("Progressing")
+        if progressing is None or progressing.reason != "ProgressUnavailable":
+            ctx.event("Warning", "ProgressUnavailable", message)
+        ctx.set_condition("Progressing", "Unknown", "ProgressUnavailable", message)
+        return None
+    progress = ctx.status.progress
+    if progress is not None and progress.step is not None:
+        ctx.set_condition("Progressing", "True", "StepAdvancing", "rank 0 reports its step")
+    running = ctx.condition("Running")
+    since = [parse_time(progress.last_step_time if progress else None)]
+    since.append(parse_time(running.last_transition_time) if running and running.status == "True" else None)
+    clock = max((when for when in since if when is not None), default=None)
+    if not timeout or clock is None:
+        return None
+    left = (clock + timedelta(seconds=timeout) - ctx.now).total_seconds()
+    if left > 0:
+        ctx.decision.requeue(left)
+        return None
+    if progress is not None and progress.step is not None:
+        message = f"no step in {timeout}s: rank 0 last reported step {progress.step} at {progress.last_step_time}"
+    else:
+        message = f"no step in {timeout}s since the gang started running"
+    ctx.event("Warning", "Stalled", message)
+    ctx.set_condition("Progressing", "False", "Stalled", message)
+    return restart_or_fail(ctx, Failure("retryable", "Stalled", message))
+
+
 def pod_creation_policy(ctx: ReconcileContext) -> Decision | None:
-    """Create the missing node pods of this attempt once their names are free (requeue while they are not)."""
+    """Create the missing node pods of this attempt once their names are free (requeue while they are not).
+
+    Status counts only pods that exist: the pods created here are counted by the next reconcile, and the Created
+    condition turns True once every node pod of the attempt exists.
+    """
     status, nodes = ctx.status, ctx.spec.nodes
     taken = {pod.name for pod in ctx.observed.pods} | ctx.observed.taken
     present = {pod.rank for pod in ctx.current}
     missing = [rank for rank in range(nodes) if rank not in present]
+    created = ctx.condition("Created")
+    first_pods = created is None and status.phase == "Pending"
+    if not missing and (first_pods or (created is not None and created.status != "True")):
+        message = f"created config, service and {nodes} node pods (gang placement: {status.gang or ctx.gang})"
+        ctx.set_condition("Created", "True", "ChildrenCreated", message)
+        ctx.event("Normal", "Created", message)
+    if ctx.hold_creates:
+        return None
     creatable = [rank for rank in missing if pod_name(ctx.job.name, rank) not in taken]
     if creatable:
         _rerender_config(ctx)
@@ -556,16 +700,10 @@ def pod_creation_policy(ctx: ReconcileContext) -> Decision | None:
     for rank in creatable:
         pod = build_pod(ctx.job.ref, ctx.spec, rank, status.attempt, ctx.settings.default_image, ctx.command)
         ctx.decision.creates.append(place_in_gang(pod, ctx.gang, ctx.job.ref, nodes, status.attempt))
-    status.active += len(creatable)  # count them now, so this decision's status write is not followed by another
     if creatable and status.start_time is None:
         status.start_time = rfc3339(ctx.now)
     if len(creatable) < len(missing) or any(pod.terminating for pod in ctx.observed.pods):
         ctx.decision.requeue(RETRY_SOON)
-    created = ctx.condition("Created")
-    if creatable and (created is None or created.status != "True"):
-        message = f"created config, service and {nodes} node pods (gang placement: {ctx.gang})"
-        ctx.set_condition("Created", "True", "ChildrenCreated", message)
-        ctx.event("Normal", "Created", message)
     return None
 
 
@@ -650,6 +788,7 @@ POLICIES: tuple[Policy, ...] = (
     spec_validation_policy,
     gang_policy,
     namesake_policy,
+    create_failure_policy,
     config_service_policy,
     suspend_policy,
     deadline_policy,
@@ -657,6 +796,7 @@ POLICIES: tuple[Policy, ...] = (
     resize_policy,
     failure_policy,
     success_policy,
+    stall_policy,
     pod_creation_policy,
     queue_policy,
     running_policy,

@@ -62,6 +62,8 @@ def apiserver(state: Path, pki: Pki) -> Component:
         f"--tls-private-key-file={pki.key('apiserver')}",
         f"--client-ca-file={pki.ca_crt}",
         "--authorization-mode=Node,RBAC",
+        # Added to the defaults, as on hardened clusters: setting blockOwnerDeletion needs update on owner/finalizers.
+        "--enable-admission-plugins=OwnerReferencesPermissionEnforcement",
         f"--service-account-issuer={SA_ISSUER}",
         f"--service-account-key-file={pki.sa_pub}",
         f"--service-account-signing-key-file={pki.sa_key}",

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import time
+
 from kubernetes import client
 from llmtrain_testbed.testing import Cluster, wait_for
 
-from .conftest import OPERATOR_NAMESPACE, operator_pods
+from .conftest import OPERATOR_NAMESPACE, RELEASE, operator_pods
 from .jobs import (
     checkpoint_claim,
     create_job,
@@ -110,29 +113,36 @@ def test_suspend_removes_the_pods_and_resume_continues_from_the_checkpoint(
     assert resumed_from_step(cluster, namespace, "pausable") >= saved
 
 
-def test_a_replaced_operator_adopts_the_running_job_without_duplicates(
+def test_a_deleted_leader_is_replaced_by_the_standby_which_adopts_the_running_job_without_duplicates(
     cluster: Cluster, operator: str, namespace: str
 ) -> None:
     create_job(cluster, namespace, tiny_job("adopted", steps=STEPS))
     wait_for(lambda: progress(cluster, namespace, "adopted").get("step"), timeout=300, what="training to start")
     before = {p.metadata.uid for p in node_pods(cluster, namespace, "adopted")}
-    [old] = operator_pods(cluster)
+    old = leader_pod_name(cluster)
+    assert len(operator_pods(cluster)) == 2  # the chart's default: a leader and a standby
 
-    cluster.kubectl("-n", OPERATOR_NAMESPACE, "delete", "pod", old["metadata"]["name"], "--wait=false")
-    wait_for(
-        lambda: [
-            p
-            for p in operator_pods(cluster)
-            if p["metadata"]["uid"] != old["metadata"]["uid"] and p.get("status", {}).get("phase") == "Running"
-        ],
-        timeout=120,
-        what="a replacement operator pod",
+    cluster.kubectl("-n", OPERATOR_NAMESPACE, "delete", "pod", old, "--wait=false")  # SIGTERM: it releases the Lease
+    started = time.monotonic()
+    new = wait_for(
+        lambda: (holder := leader_pod_name(cluster)) not in (old, "") and holder,
+        timeout=60,
+        what="the standby to take the Lease over",
     )
+    assert time.monotonic() - started < 20, "released on SIGTERM (else 10 s to expire); a standby tries every 2 s"
+    assert new != old
 
     final = wait_phase(cluster, namespace, "adopted", "Succeeded", timeout=600)
     after = {p.metadata.uid for p in node_pods(cluster, namespace, "adopted")}
-    assert after == before, "the new operator must adopt the existing pods, not recreate them"
+    assert after == before, "the new leader must adopt the existing pods, not recreate them"
     assert final["restarts"] == 0
+
+
+def leader_pod_name(cluster: Cluster) -> str:
+    """The operator pod holding the Lease (holderIdentity `<pod name>_<random suffix>`), "" when released."""
+    out = cluster.kubectl("-n", OPERATOR_NAMESPACE, "get", "lease", f"{RELEASE}-llmtrain-operator", "-o", "json").stdout
+    holder = json.loads(out)["spec"].get("holderIdentity") or ""
+    return holder.rsplit("_", 1)[0]
 
 
 def test_an_evicted_pod_is_a_disruption_resumed_from_the_checkpoint_without_using_the_backoff_limit(

@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
 
     stop = StopRequest()
     try:
-        rt = setup_distributed()
+        rt = setup_distributed(cfg.training.collective_timeout_seconds)
     except ConfigError as e:
         return _fail(EXIT_BAD_CONFIG, f"invalid config: {e}")
     try:

@@ -9,6 +9,7 @@ import time
 import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -57,10 +58,11 @@ class Runtime:
     device: torch.device
 
 
-def setup_distributed() -> Runtime:
+def setup_distributed(collective_timeout_seconds: float | None = None) -> Runtime:
     """Join torchrun's process group, or make a one-process group when run as plain `python -m`.
 
-    Backend: $LLMTRAIN_BACKEND if set, else nccl when CUDA is available, else gloo (CPU).
+    Backend: $LLMTRAIN_BACKEND if set, else nccl when CUDA is available, else gloo (CPU). A collective that waits
+    longer than `collective_timeout_seconds` (torch's default when None) fails and ends the process.
     """
     backend = os.environ.get("LLMTRAIN_BACKEND") or ("nccl" if torch.cuda.is_available() else "gloo")
     if backend not in ("nccl", "gloo"):
@@ -69,11 +71,14 @@ def setup_distributed() -> Runtime:
     device = torch.device("cuda", local_rank) if backend == "nccl" else torch.device("cpu")
     if device.type == "cuda":
         torch.cuda.set_device(device)
+    kwargs: dict = {"device_id": device} if device.type == "cuda" else {}
+    if collective_timeout_seconds:
+        kwargs["timeout"] = timedelta(seconds=collective_timeout_seconds)
     if "RANK" in os.environ:
-        kwargs = {"device_id": device} if device.type == "cuda" else {}
         dist.init_process_group(backend, **kwargs)
     else:
-        dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
+        kwargs.pop("device_id", None)
+        dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1, **kwargs)
     world = dist.get_world_size()
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
     node_rank = int(os.environ.get("GROUP_RANK", str(dist.get_rank() // local_world)))

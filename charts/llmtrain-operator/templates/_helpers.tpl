@@ -62,6 +62,10 @@ tests/unit/ship/test_chart_render.py compares the rendered rules with it.
 - apiGroups: ["llmtrain.dev"]
   resources: ["llmtrainingjobs/status"]
   verbs: ["get", "patch", "update"]
+# blockOwnerDeletion on the children's ownerReferences: OwnerReferencesPermissionEnforcement requires it.
+- apiGroups: ["llmtrain.dev"]
+  resources: ["llmtrainingjobs/finalizers"]
+  verbs: ["update"]
 # The job's children.
 - apiGroups: [""]
   resources: ["pods"]
@@ -94,4 +98,13 @@ explicit namespace names (without it, it retries and never starts watching jobs)
 - apiGroups: [""]
   resources: ["namespaces"]
   verbs: ["list", "watch"]
+{{- end }}
+
+{{/*
+Leader election (two replicas): the Lease in the release namespace. Mirrors rbac.LEADER_ELECTION_RULES.
+*/}}
+{{- define "llmtrain-operator.leaderElectionRules" -}}
+- apiGroups: ["coordination.k8s.io"]
+  resources: ["leases"]
+  verbs: ["get", "create", "patch", "update"]
 {{- end }}

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from llmtrain_operator.constants import job_label_value
 from llmtrain_testbed.testing import Cluster, wait_for
 
 REPO = Path(__file__).resolve().parents[3]
@@ -81,7 +82,14 @@ class Kube:
         return self.job(name).get("status") or {}
 
     def pods(self, job: str) -> list[dict[str, Any]]:
-        return self.get("pods", selector=f"llmtrain.dev/job-name={job}")["items"]
+        return self.get("pods", selector=f"llmtrain.dev/job-name={job_label_value(job)}")["items"]
+
+    def delete(self, kind: str, name: str) -> None:
+        self.cluster.kubectl("delete", kind, name, "-n", self.ns, "--wait=true")
+
+    def condition(self, name: str, condition_type: str) -> dict[str, Any]:
+        conditions = self.status(name).get("conditions") or []
+        return next((c for c in conditions if c["type"] == condition_type), {})
 
     def merge_patch(self, kind: str, name: str, patch: dict[str, Any]) -> None:
         self.cluster.kubectl("patch", kind, name, "-n", self.ns, "--type=merge", "-p", json.dumps(patch))
@@ -107,8 +115,8 @@ def _free_port() -> int:
 class OperatorProcess:
     """`python -m llmtrain_operator --namespace NS` against the test cluster, logging to a temp file."""
 
-    def __init__(self, cluster: Cluster, namespace: str) -> None:
-        self.cluster, self.namespace = cluster, namespace
+    def __init__(self, cluster: Cluster, namespace: str, extra_args: tuple[str, ...] = ()) -> None:
+        self.cluster, self.namespace, self.extra_args = cluster, namespace, extra_args
         self.log = Path(tempfile.mkstemp(prefix=f"operator-{namespace}-", suffix=".log")[1])
         self.metrics_port = _free_port()
         self.proc: subprocess.Popen[bytes] | None = None
@@ -121,9 +129,10 @@ class OperatorProcess:
                 [str(REPO / "contract"), str(REPO / "operator"), os.environ.get("PYTHONPATH", "")]
             ),
             "LLMTRAIN_DEV_COMMAND_OVERRIDE": "1",
+            "POD_NAMESPACE": self.namespace,  # where a --leader-elect operator keeps its Lease
         }
         argv = [sys.executable, "-m", "llmtrain_operator", "--namespace", self.namespace, "--resync-seconds", "2"]
-        argv += ["--metrics-port", str(self.metrics_port), "--health-port", str(_free_port())]
+        argv += ["--metrics-port", str(self.metrics_port), "--health-port", str(_free_port()), *self.extra_args]
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env)
         return self
@@ -147,8 +156,8 @@ class OperatorProcess:
 
 
 @contextmanager
-def running_operator(cluster: Cluster, namespace: str) -> Iterator[OperatorProcess]:
-    op = OperatorProcess(cluster, namespace).start()
+def running_operator(cluster: Cluster, namespace: str, *extra_args: str) -> Iterator[OperatorProcess]:
+    op = OperatorProcess(cluster, namespace, extra_args).start()
     try:
         yield op
     finally:

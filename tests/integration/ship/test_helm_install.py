@@ -48,15 +48,26 @@ def release(cluster: Any, llmtrain_crd: str) -> Iterator[tuple[str, str]]:
             cluster.helm("uninstall", name, "--namespace", namespace, "--wait", "--timeout", "60s", check=False)
 
 
-def _operator_pod(cluster: Any, release: str, namespace: str) -> client.V1Pod:
+def _operator_pods(cluster: Any, release: str, namespace: str) -> list[client.V1Pod]:
+    """The release's running operator pods: the chart's default is two replicas, one leading."""
     pods = (
         client.CoreV1Api(cluster.api_client)
         .list_namespaced_pod(namespace, label_selector=f"app.kubernetes.io/instance={release}")
         .items
     )
     running = [p for p in pods if p.status.phase == "Running" and p.metadata.deletion_timestamp is None]
-    assert len(running) == 1, [(p.metadata.name, p.status.phase) for p in pods]
-    return running[0]
+    assert len(running) == 2, [(p.metadata.name, p.status.phase) for p in pods]
+    return running
+
+
+def _leader_pod(cluster: Any, release: str, namespace: str) -> client.V1Pod:
+    """The replica holding the release's Lease (its holderIdentity is `<pod name>_<random suffix>`)."""
+    lease = client.CoordinationV1Api(cluster.api_client).read_namespaced_lease(
+        f"{release}-llmtrain-operator", namespace
+    )
+    holder = (lease.spec.holder_identity or "").rsplit("_", 1)[0]
+    (leader,) = [p for p in _operator_pods(cluster, release, namespace) if p.metadata.name == holder]
+    return leader
 
 
 def _get(url: str) -> tuple[int, str]:
@@ -66,27 +77,38 @@ def _get(url: str) -> tuple[int, str]:
 
 def test_installed_operator_runs_as_the_charts_service_account(cluster, release):
     name, namespace = release
-    pod = _operator_pod(cluster, name, namespace)
-    assert pod.spec.service_account_name == f"{name}-llmtrain-operator"
-    (container,) = pod.spec.containers
-    assert container.command == ["llmtrain-operator"]
-    assert f"--namespace={namespace}" in container.args
-    assert all(s.ready for s in pod.status.container_statuses)
+    for pod in _operator_pods(cluster, name, namespace):
+        assert pod.spec.service_account_name == f"{name}-llmtrain-operator"
+        (container,) = pod.spec.containers
+        assert container.command == ["llmtrain-operator"]
+        assert f"--namespace={namespace}" in container.args and "--leader-elect" in container.args
+        assert all(s.ready for s in pod.status.container_statuses)
+
+
+def test_one_replica_leads_through_a_lease_and_the_other_stands_by(cluster, release):
+    name, namespace = release
+    leader = wait_for(lambda: _leader_pod(cluster, name, namespace), timeout=60, what="a leader", ignoring=(Exception,))
+    if not cluster.is_testbed:
+        return
+    for pod in _operator_pods(cluster, name, namespace):
+        _, metrics = _get(f"http://{pod.status.pod_ip}:8080/metrics")
+        leading = pod.metadata.name == leader.metadata.name
+        assert f"llmtrain_operator_leader {1.0 if leading else 0.0}" in metrics
 
 
 def test_installed_operator_answers_healthz_and_metrics(cluster, release):
     if not cluster.is_testbed:
         pytest.skip("pod IPs are reachable from the host only on the test bed")
-    pod = _operator_pod(cluster, *release)
-    status, _ = wait_for(
-        lambda: _get(f"http://{pod.status.pod_ip}:8081/healthz"),
-        timeout=60,
-        what="the operator's /healthz",
-        ignoring=(OSError,),
-    )
-    assert status == 200
-    status, body = _get(f"http://{pod.status.pod_ip}:8080/metrics")
-    assert status == 200 and "llmtrain_operator_" in body
+    for pod in _operator_pods(cluster, *release):  # the standby is alive too
+        status, _ = wait_for(
+            lambda pod=pod: _get(f"http://{pod.status.pod_ip}:8081/healthz"),
+            timeout=60,
+            what="the operator's /healthz",
+            ignoring=(OSError,),
+        )
+        assert status == 200
+        status, body = _get(f"http://{pod.status.pod_ip}:8080/metrics")
+        assert status == 200 and "llmtrain_operator_" in body
 
 
 def test_helm_test_reaches_healthz_through_the_service(cluster, release):
@@ -116,9 +138,9 @@ def test_installed_operator_reconciles_a_job_in_its_namespace(cluster, release):
         )
         raise AssertionError(f"{timeout}\noperator log tail:\n{logs.stdout}{logs.stderr}") from None
     if cluster.is_testbed:
-        pod = _operator_pod(cluster, name, namespace)
+        pod = _leader_pod(cluster, name, namespace)
         _, metrics = _get(f"http://{pod.status.pod_ip}:8080/metrics")
-        assert 'llmtrain_operator_jobs{phase="Suspended"} 1.0' in metrics, "this release's operator saw the job"
+        assert 'llmtrain_operator_jobs{phase="Suspended"} 1.0' in metrics, "this release's leader saw the job"
 
 
 @pytest.mark.parametrize(

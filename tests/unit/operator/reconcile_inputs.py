@@ -27,6 +27,9 @@ SPEC: dict[str, Any] = {
     "runPolicy": {"backoffLimit": 2},
 }
 RUNNING = {"phase": "Running", "restarts": 0, "startTime": rfc3339(NOW - timedelta(minutes=5))}
+CREATED = {"type": "Created", "status": "True", "reason": "ChildrenCreated", "lastTransitionTime": rfc3339(NOW)}
+# A job whose node pods were created by an earlier reconcile (and counted as Created once they existed).
+PENDING_CREATED = {"phase": "Pending", "restarts": 0, "conditions": [CREATED]}
 RESTARTING = {
     **RUNNING,
     "phase": "Restarting",

@@ -6,10 +6,12 @@ import asyncio
 import copy
 import logging
 from collections.abc import Awaitable, Callable
+from datetime import timedelta
 from typing import Any
 
 import pytest
 from llmtrain_operator import controller as controller_module
+from llmtrain_operator import reconcile as reconcile_module
 from llmtrain_operator.controller import Controller, KubeApi, event_manifest
 from llmtrain_operator.kubeapi import ApiError
 from llmtrain_operator.observe import PodView
@@ -91,6 +93,7 @@ class FakeKube:
         return True
 
     async def merge_patch(self, kind: str, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
+        self._maybe_fail("patch", kind)
         self.writes.append(("patch", kind, name))
         merged = apply_merge_patch(self.objects[(kind, namespace, name)], patch)
         self.objects[(kind, namespace, name)] = merged
@@ -127,7 +130,7 @@ def errors(stage: str) -> float:
 
 
 def run(scenario: Callable[[], Awaitable[None]]) -> None:
-    asyncio.run(asyncio.wait_for(scenario(), timeout=10))
+    asyncio.run(asyncio.wait_for(scenario(), timeout=60))  # a guard against hangs, generous on a loaded machine
 
 
 async def until(condition: Callable[[], bool]) -> None:
@@ -171,17 +174,20 @@ def test_a_new_job_gets_its_status_then_its_children_then_its_events():
     kube.add_job()
 
     async def scenario() -> None:
-        await make_controller(kube).trigger(KEY)
+        controller = make_controller(kube)
+        await controller.trigger(KEY)
+        assert kube.writes == [
+            ("status", "LLMTrainingJob", "demo"),
+            ("create", "ConfigMap", "demo-config"),
+            ("create", "Service", "demo"),
+            ("create", "Pod", "demo-node-0"),
+            ("create", "Pod", "demo-node-1"),
+        ]
+        assert kube.job()["status"]["phase"] == "Pending" and kube.job()["status"]["active"] == 0  # none existed yet
+        await controller.trigger(KEY)  # the pods' watch events
 
     run(scenario)
-    assert kube.writes == [
-        ("status", "LLMTrainingJob", "demo"),
-        ("create", "ConfigMap", "demo-config"),
-        ("create", "Service", "demo"),
-        ("create", "Pod", "demo-node-0"),
-        ("create", "Pod", "demo-node-1"),
-    ]
-    assert kube.job()["status"]["phase"] == "Pending" and kube.job()["status"]["active"] == 2
+    assert kube.job()["status"]["active"] == 2  # counted once they exist
     assert [event["reason"] for event in kube.events] == ["Created"]
 
 
@@ -357,6 +363,57 @@ def test_a_not_found_from_a_terminating_namespace_is_not_an_error():
     assert errors("apply") == before
 
 
+QUOTA = 'pods "demo-node-0" is forbidden: exceeded quota: no-pods, requested: pods=1, used: pods=0, limited: pods=0'
+
+
+def test_a_create_the_api_rejects_is_reported_in_the_same_trigger_and_retried_once_the_cause_is_lifted():
+    kube = FakeKube()
+    kube.add_job()
+    kube.fail[("create", "Pod")] = ApiError(403, {"message": QUOTA}, "create Pod ns/demo-node-0")
+
+    async def scenario() -> None:
+        controller = make_controller(kube)
+        await controller.trigger(KEY)  # creates rejected, then one more reconcile at once to report it
+        created = next(c for c in kube.job()["status"]["conditions"] if c["type"] == "Created")
+        assert created["status"] == "False" and created["reason"] == "CreateFailed" and QUOTA in created["message"]
+        assert [(e["type"], e["reason"]) for e in kube.events] == [("Warning", "CreateFailed")]
+        assert QUOTA in kube.events[0]["message"] and "2 creates rejected" in kube.events[0]["message"]
+        assert kube.job()["status"]["active"] == 0  # nothing exists, nothing counted
+        assert controller.slots[KEY].requeue is not None  # the retry
+
+        del kube.fail[("create", "Pod")]  # the quota is deleted
+        controller.clock = lambda: NOW + timedelta(seconds=reconcile_module.CREATE_RETRY_SECONDS)
+        await controller.trigger(KEY)  # the retry creates the pods
+        assert [w for w in kube.writes if w[:2] == ("create", "Pod")] == [
+            ("create", "Pod", "demo-node-0"),
+            ("create", "Pod", "demo-node-1"),
+        ]
+        await controller.trigger(KEY)  # their watch events: they exist now
+        created = next(c for c in kube.job()["status"]["conditions"] if c["type"] == "Created")
+        assert created["status"] == "True" and created["reason"] == "ChildrenCreated"
+        assert kube.job()["status"]["active"] == 2
+
+    before = errors("apply")
+    run(scenario)
+    assert errors("apply") == before  # a rejection is the job's condition, not an operator error
+
+
+def test_a_config_update_the_api_rejects_is_reported_and_no_pod_starts_on_the_stale_config():
+    kube = FakeKube()
+    kube.add_job(status={"phase": "Pending", "restarts": 0})
+    kube.add("ConfigMap", "demo-config", data={"config.json": "{}"})  # rendered from an older spec
+    kube.add("Service", "demo")
+    kube.fail[("patch", "ConfigMap")] = ApiError(403, {"message": "denied by policy"}, "patch ConfigMap ns/demo-config")
+
+    async def scenario() -> None:
+        await make_controller(kube).trigger(KEY)
+
+    run(scenario)
+    assert not [w for w in kube.writes if w[1] == "Pod"]
+    created = next(c for c in kube.job()["status"]["conditions"] if c["type"] == "Created")
+    assert created["reason"] == "CreateFailed" and "denied by policy" in created["message"]
+
+
 # ----- errors are logged, counted and retried ---------------------------------------------------------------------
 
 
@@ -439,7 +496,7 @@ def test_resync_hands_the_latest_progress_sample_to_the_next_reconcile(monkeypat
     kube = FakeKube()
     kube.add_job(status={"phase": "Running", "restarts": 0})
     rank0 = PodView(name="demo-node-0", rank=0, attempt=0, phase="Running", ip="10.0.0.1", owner_uid=UID)
-    monkeypatch.setattr(controller_module, "fetch_progress", lambda ip, port: Progress(step=7))
+    monkeypatch.setattr(controller_module, "fetch_progress", lambda ip, port, timeout: Progress(step=7))
     calls: list[tuple[Any, ...]] = []
 
     async def scenario() -> None:
@@ -489,6 +546,18 @@ def test_handlers_only_register_kopf_handlers_around_a_controller():
     assert {"configure", "shutdown", "login"} <= ids
 
 
+def test_the_pod_watch_is_filtered_by_the_api_server_and_the_job_watch_is_not():
+    import kopf
+    from llmtrain_operator.handlers import configure_watching
+
+    settings = kopf.OperatorSettings()
+    configure_watching(settings)
+    pods = kopf.Resource(group="", version="v1", plural="pods")
+    jobs = kopf.Resource(group="llmtrain.dev", version="v1alpha1", plural="llmtrainingjobs")
+    assert settings.watching.label_selectors.collect(pods) == ["llmtrain.dev/job-name"]
+    assert settings.watching.label_selectors.collect(jobs) == []
+
+
 def test_every_error_stage_is_exported_from_the_start():
     from llmtrain_operator.metrics import ERROR_STAGES
 
@@ -496,3 +565,56 @@ def test_every_error_stage_is_exported_from_the_start():
         REGISTRY.get_sample_value("llmtrain_operator_reconcile_errors_total", {"stage": stage}) is not None
         for stage in ERROR_STAGES
     )
+
+
+# ----- resync: progress reads --------------------------------------------------------------------------------------
+
+
+def test_resync_reports_unreachable_metrics_to_the_next_reconcile_and_backs_off_that_job(monkeypatch):
+    from llmtrain_operator.progress import MetricsUnreachable
+
+    kube = FakeKube()
+    kube.add_job(status={"phase": "Running", "restarts": 0})
+    pods = [
+        PodView(name=f"demo-node-{r}", rank=r, attempt=0, phase="Running", ip=f"10.0.0.{r}", owner_uid=UID)
+        for r in (0, 1)
+    ]
+    reads: list[str] = []
+
+    def unreachable(ip: str, port: int, timeout: float) -> None:
+        reads.append(ip)
+        raise MetricsUnreachable(f"http://{ip}:{port}/metrics: timed out")
+
+    monkeypatch.setattr(controller_module, "fetch_progress", unreachable)
+    calls: list[tuple[Any, ...]] = []
+
+    async def scenario() -> None:
+        controller = make_controller(kube, pods=pods, decide=recording(calls))
+        controller.slots[KEY] = controller_module.JobSlot(phase="Running", uid=UID)
+        await controller.resync()
+        await until(lambda: len(calls) == 1)
+        assert sorted(reads) == ["10.0.0.0", "10.0.0.1"]  # node 0 first, then the others
+        await controller.resync()  # within the back-off: not read again, still reported
+        await until(lambda: len(calls) == 2)
+        assert len(reads) == 2
+
+    run(scenario)
+    observed = calls[0][1]
+    assert "no node pod's metrics port answered (2 tried)" in observed.metrics_unreachable.message
+    assert observed.metrics_unreachable.since == NOW
+    assert calls[1][1].metrics_unreachable == observed.metrics_unreachable
+
+
+def test_resync_leaves_finished_jobs_alone(monkeypatch):
+    kube = FakeKube()
+    kube.add_job(status={"phase": "Succeeded"})
+    calls: list[tuple[Any, ...]] = []
+
+    async def scenario() -> None:
+        controller = make_controller(kube, decide=recording(calls))
+        controller.slots[KEY] = controller_module.JobSlot(phase="Succeeded", uid=UID)
+        await controller.resync()
+        await asyncio.sleep(0.05)
+
+    run(scenario)
+    assert calls == [] and kube.job_reads == 0

@@ -142,6 +142,7 @@ def test_status_conditions_are_a_map_list_keyed_by_type():
         "Created",
         "Queued",
         "Running",
+        "Progressing",
         "Restarting",
         "Resized",
         "Succeeded",

@@ -23,7 +23,9 @@ def test_auto_gang_uses_a_native_pod_group_per_attempt_when_the_api_server_serve
     assert group["spec"] == {"schedulingPolicy": {"gang": {"minCount": 2}}}
     assert group["metadata"]["ownerReferences"][0]["uid"] == "uid-1"
     assert all(p["spec"]["schedulingGroup"] == {"podGroupName": "demo-attempt-0"} for p in d.creates[1:])
-    assert d.status["gang"] == "native" and "gang placement: native" in cond(d, "Created")["message"]
+    assert d.status["gang"] == "native"
+    created = reconcile(job(status=d.status), seen(pod(0, "Pending"), pod(1, "Pending")), NOW, NATIVE)
+    assert "gang placement: native" in cond(created, "Created")["message"]
 
 
 def test_auto_gang_places_pods_one_by_one_where_pod_groups_are_not_served():
@@ -59,7 +61,7 @@ def test_pods_held_by_kueue_make_the_job_queued_at_once():
     d = reconcile(job(status={"phase": "Pending", "gang": "kueue"}), seen(*gated), NOW, SETTINGS)
     queued = cond(d, "Queued")
     assert d.status["phase"] == "Pending" and queued["status"] == "True" and queued["reason"] == "QueuedByKueue"
-    assert [(e.type, e.reason) for e in d.events] == [("Normal", "QueuedByKueue")]
+    assert [(e.type, e.reason) for e in d.events] == [("Normal", "Created"), ("Normal", "QueuedByKueue")]
 
 
 def test_unschedulable_pods_wait_for_capacity_with_the_schedulers_message():

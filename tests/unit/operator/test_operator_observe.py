@@ -135,13 +135,31 @@ def test_cli_flags_and_env(monkeypatch):
     assert parse_args([]).namespaces == []  # cluster-wide
 
 
+def test_leader_election_is_off_by_default_and_needs_the_lease_namespace(monkeypatch):
+    monkeypatch.delenv("LLMTRAIN_LEADER_ELECT", raising=False)
+    monkeypatch.delenv("POD_NAMESPACE", raising=False)
+    assert parse_args([]).leader_elect is False
+    with pytest.raises(SystemExit):
+        parse_args(["--leader-elect"])
+    monkeypatch.setenv("POD_NAMESPACE", "ops")
+    args = parse_args(["--leader-elect"])
+    assert (args.leader_elect, args.leader_election_namespace, args.leader_election_name) == (
+        True,
+        "ops",
+        "llmtrain-operator",
+    )
+
+
 def test_rbac_grants_what_the_operator_does():
     assert rbac.allows("llmtrain.dev", "llmtrainingjobs/status", "patch")
+    assert rbac.allows("llmtrain.dev", "llmtrainingjobs/finalizers", "update")  # blockOwnerDeletion
     assert rbac.allows("", "pods", "create") and rbac.allows("", "pods", "watch")
     assert rbac.allows("", "events", "create")
     assert rbac.allows("apiextensions.k8s.io", "customresourcedefinitions", "watch")
     assert not rbac.allows("", "secrets", "get")
     assert not rbac.allows("", "pods", "update")
+    assert rbac.allows("coordination.k8s.io", "leases", "patch", rbac.LEADER_ELECTION_RULES)
+    assert not rbac.allows("coordination.k8s.io", "leases", "patch")  # not in every watched namespace
 
 
 def test_api_request_metric_names_the_resource():

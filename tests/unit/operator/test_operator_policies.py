@@ -13,11 +13,13 @@ from llmtrain_operator import reconcile as policies
 from llmtrain_operator.reconcile import (
     POLICIES,
     RETRY_SOON,
+    CreateFailure,
     Observed,
     OperatorSettings,
     ReconcileContext,
     attempt_policy,
     config_service_policy,
+    create_failure_policy,
     deadline_policy,
     failure_policy,
     namesake_policy,
@@ -33,6 +35,7 @@ from llmtrain_operator.timestamps import rfc3339
 from reconcile_inputs import (
     DISRUPTED_NODE_1,
     NOW,
+    PENDING_CREATED,
     RESTARTING,
     RUNNING,
     SETTINGS,
@@ -56,6 +59,7 @@ def test_policies_run_in_the_documented_order():
         "spec_validation_policy",
         "gang_policy",
         "namesake_policy",
+        "create_failure_policy",
         "config_service_policy",
         "suspend_policy",
         "deadline_policy",
@@ -63,6 +67,7 @@ def test_policies_run_in_the_documented_order():
         "resize_policy",
         "failure_policy",
         "success_policy",
+        "stall_policy",
         "pod_creation_policy",
         "queue_policy",
         "running_policy",
@@ -451,20 +456,24 @@ def test_pod_creation_policy_creates_the_missing_pods_of_the_current_attempt():
     ctx = creating({**RESTARTING, "phase": "Restarting"}, seen())
     assert names(ctx.decision) == ["demo-node-0", "demo-node-1"]
     assert {m["metadata"]["labels"]["llmtrain.dev/attempt"] for m in ctx.decision.creates} == {"1"}
-    assert ctx.status.active == 2  # counted in the status written before the creates
+    assert ctx.status.active == 0  # status counts only pods that exist: these are counted once they do
     assert ctx.decision.requeue_after is None
 
 
-def test_pod_creation_policy_sets_the_start_time_once_and_says_created_once():
+def test_pod_creation_policy_sets_the_start_time_once_and_says_created_once_the_pods_exist():
     first = creating(PENDING, seen())
-    assert first.status.start_time == rfc3339(NOW) and reasons(first.decision) == [("Normal", "Created")]
-    assert first.condition("Created").reason == "ChildrenCreated"
+    assert first.status.start_time == rfc3339(NOW) and first.decision.events == []
+    assert first.condition("Created") is None  # not yet: the creates may still be rejected
+    stored = {**PENDING, "startTime": first.status.start_time}
+    exists = creating(stored, seen(pod(0, "Pending"), pod(1, "Pending")))
+    assert exists.decision.creates == [] and reasons(exists.decision) == [("Normal", "Created")]
+    assert exists.condition("Created").reason == "ChildrenCreated" and exists.status.active == 2
     stored = {
         **RESTARTING,
         "phase": "Restarting",
-        "conditions": [c.model_dump(by_alias=True) for c in first.status.conditions],
+        "conditions": [exists.condition("Created").model_dump(by_alias=True)],
     }
-    again = creating(stored, seen())
+    again = creating(stored, seen(pod(0, "Pending", attempt=1), pod(1, "Pending", attempt=1)))
     assert again.status.start_time == RESTARTING["startTime"] and again.decision.events == []
 
 
@@ -494,11 +503,51 @@ def test_pod_creation_policy_leaves_the_config_alone_when_no_pod_is_created():
     assert ctx.decision.updates == [] and ctx.decision.creates == []
 
 
+# ----- create_failure_policy ----------------------------------------------------------------------------------------
+
+QUOTA = 'pods "demo-node-0" is forbidden: exceeded quota: no-pods'
+
+
+def rejected(seconds_ago: float, message: str = QUOTA) -> Observed:
+    return Observed(
+        config_map=False, service=False, create_failure=CreateFailure(message, NOW - timedelta(seconds=seconds_ago))
+    )
+
+
+def test_create_failure_policy_reports_a_rejected_create_with_the_api_message_and_one_warning():
+    ctx = context_for(create_failure_policy, job(status=PENDING), rejected(0))
+    assert create_failure_policy(ctx) is None
+    created = ctx.condition("Created")
+    assert (created.status, created.reason, created.message) == ("False", "CreateFailed", QUOTA)
+    assert reasons(ctx.decision) == [("Warning", "CreateFailed")]
+    stored = {**PENDING, "conditions": [created.model_dump(by_alias=True)]}
+    again = context_for(create_failure_policy, job(status=stored), rejected(1))
+    create_failure_policy(again)
+    assert again.decision.events == []  # the same message is not warned about twice
+
+
+def test_create_failure_policy_holds_every_create_until_the_retry_is_due():
+    decision = policies.reconcile(job(status=PENDING), rejected(1), NOW, SETTINGS)
+    assert decision.creates == [] and decision.requeue_after == policies.CREATE_RETRY_SECONDS - 1
+    assert decision.status.get("startTime") is None  # nothing started
+
+
+def test_create_failure_policy_lets_the_retry_through_when_it_is_due():
+    decision = policies.reconcile(job(status=PENDING), rejected(policies.CREATE_RETRY_SECONDS), NOW, SETTINGS)
+    assert kinds(decision) == ["ConfigMap", "Service", "Pod", "Pod"]
+    assert cond(decision, "Created")["reason"] == "CreateFailed"  # until the pods exist
+
+
+def test_create_failure_policy_hands_on_when_nothing_was_rejected():
+    ctx = context_for(create_failure_policy, job(status=PENDING), seen())
+    assert create_failure_policy(ctx) is None and not ctx.hold_creates and ctx.condition("Created") is None
+
+
 # ----- running_policy -----------------------------------------------------------------------------------------------
 
 
 def test_running_policy_every_node_pod_running_makes_the_job_running():
-    decision = running_policy(context_for(running_policy, job(status=PENDING), seen(pod(0), pod(1))))
+    decision = running_policy(context_for(running_policy, job(status=PENDING_CREATED), seen(pod(0), pod(1))))
     assert decision.status["phase"] == "Running" and cond(decision, "Running")["reason"] == "AllNodesRunning"
     assert reasons(decision) == [("Normal", "Running")]
 
@@ -528,20 +577,20 @@ def pending_since(seconds_ago: int, rank: int = 1, **fields) -> object:
 
 
 def test_startup_policy_requeues_when_the_startup_timeout_of_a_pending_pod_expires():
-    ctx = context_for(startup_policy, job(status=PENDING), seen(pod(0), pending_since(100)))
+    ctx = context_for(startup_policy, job(status=PENDING_CREATED), seen(pod(0), pending_since(100)))
     assert startup_policy(ctx) is None
     assert ctx.decision.requeue_after == 200 and ctx.decision.events == []  # default startupTimeoutSeconds: 300
 
 
 def test_startup_policy_explains_pods_pending_too_long_with_one_warning():
     unschedulable = pending_since(400, unschedulable="0/2 nodes are available: 2 Insufficient nvidia.com/gpu.")
-    ctx = context_for(startup_policy, job(status=PENDING), seen(pod(0), unschedulable))
+    ctx = context_for(startup_policy, job(status=PENDING_CREATED), seen(pod(0), unschedulable))
     startup_policy(ctx)
     running = ctx.condition("Running")
     assert running.status == "False" and running.reason == "Unschedulable"
     assert running.message.startswith("1 node pod(s) Pending over 300s; demo-node-1: 0/2 nodes are available")
     assert [reason for reason in reasons(ctx.decision) if reason[0] == "Warning"] == [("Warning", "Unschedulable")]
-    stored = {**PENDING, "conditions": [c.model_dump(by_alias=True) for c in ctx.status.conditions]}
+    stored = {**PENDING_CREATED, "conditions": [c.model_dump(by_alias=True) for c in ctx.status.conditions]}
     again = context_for(startup_policy, job(status=stored), seen(pod(0), unschedulable))
     startup_policy(again)
     assert again.decision.events == []

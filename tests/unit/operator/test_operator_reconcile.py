@@ -14,7 +14,20 @@ from llmtrain_operator.api import Progress
 from llmtrain_operator.observe import pod_view
 from llmtrain_operator.reconcile import Observed, OperatorSettings, merge_patch, reconcile
 from llmtrain_operator.timestamps import rfc3339
-from reconcile_inputs import DISRUPTED_NODE_1, NOW, RESTARTING, RUNNING, SETTINGS, SPEC, cond, job, kinds, pod, seen
+from reconcile_inputs import (
+    DISRUPTED_NODE_1,
+    NOW,
+    PENDING_CREATED,
+    RESTARTING,
+    RUNNING,
+    SETTINGS,
+    SPEC,
+    cond,
+    job,
+    kinds,
+    pod,
+    seen,
+)
 
 
 def test_new_job_creates_config_service_and_every_node_pod():
@@ -23,20 +36,25 @@ def test_new_job_creates_config_service_and_every_node_pod():
     assert [m["metadata"]["name"] for m in d.creates[2:]] == ["demo-node-0", "demo-node-1"]
     assert d.status["phase"] == "Pending"
     assert d.status["startTime"] == rfc3339(NOW)
-    assert d.status["active"] == 2  # counted in the same status write that precedes the creates
-    assert cond(d, "Created")["status"] == "True"
-    assert [e.reason for e in d.events] == ["Created"]
+    assert d.status["active"] == 0  # status counts only pods that exist
+    assert d.events == []
+
+
+def test_the_job_is_created_once_its_pods_exist():
+    d = reconcile(job(status={"phase": "Pending"}), seen(pod(0, "Pending"), pod(1, "Pending")), NOW, SETTINGS)
+    assert d.creates == [] and d.status["active"] == 2
+    assert cond(d, "Created")["status"] == "True" and [e.reason for e in d.events] == ["Created"]
 
 
 def test_pods_pending_within_the_startup_timeout_wait_quietly():
-    d = reconcile(job(status={"phase": "Pending"}), seen(pod(0, "Pending"), pod(1, "Running")), NOW, SETTINGS)
+    d = reconcile(job(status=PENDING_CREATED), seen(pod(0, "Pending"), pod(1, "Running")), NOW, SETTINGS)
     assert d.creates == [] and d.deletes == [] and d.events == []
     assert d.status["phase"] == "Pending" and d.status["active"] == 2 and d.status["ready"] == 1
     assert d.requeue_after is not None  # re-check when the startup timeout would expire
 
 
 def test_all_node_pods_running_makes_the_job_running():
-    d = reconcile(job(status={"phase": "Pending"}), seen(pod(0), pod(1)), NOW, SETTINGS)
+    d = reconcile(job(status=PENDING_CREATED), seen(pod(0), pod(1)), NOW, SETTINGS)
     assert d.status["phase"] == "Running"
     assert cond(d, "Running")["status"] == "True"
     assert [e.reason for e in d.events] == ["Running"]
@@ -286,7 +304,7 @@ def test_invalid_spec_is_reported_once():
 def test_pods_pending_past_the_startup_timeout_get_a_warning_that_says_why():
     late = NOW - timedelta(seconds=400)
     pending = pod(1, "Pending", created=late, unschedulable="0/2 nodes are available: 2 Insufficient nvidia.com/gpu.")
-    d = reconcile(job(status={"phase": "Pending"}), seen(pod(0), pending), NOW, SETTINGS)
+    d = reconcile(job(status=PENDING_CREATED), seen(pod(0), pending), NOW, SETTINGS)
     running = cond(d, "Running")
     assert running["status"] == "False" and running["reason"] == "Unschedulable"
     assert "Insufficient nvidia.com/gpu" in running["message"]
@@ -306,9 +324,17 @@ def test_image_pull_errors_are_named_in_the_condition():
 def test_progress_sample_lands_in_status():
     sample = Progress(step=5, total_steps=10, loss=2.5, tokens_per_second=1000.0, eta="5s")
     d = reconcile(job(status=RUNNING), seen(pod(0), pod(1)), NOW, SETTINGS, progress=sample)
-    assert d.status["progress"] == {"step": 5, "totalSteps": 10, "loss": 2.5, "tokensPerSecond": 1000.0, "eta": "5s"}
+    assert d.status["progress"] == {
+        "step": 5,
+        "totalSteps": 10,
+        "loss": 2.5,
+        "tokensPerSecond": 1000.0,
+        "eta": "5s",
+        "lastStepTime": rfc3339(NOW),  # first seen now: the stall clock
+    }
     assert d.status_patch["progress"] == d.status["progress"]
-    assert "phase" not in d.status_patch  # nothing else changed
+    assert "phase" not in d.status_patch  # the phase stays
+    assert cond(d, "Progressing")["status"] == "True"
 
 
 def test_dev_command_annotation_is_honoured_only_when_the_operator_allows_it():

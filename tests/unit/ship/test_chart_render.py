@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 import yaml
-from llmtrain_operator.rbac import RULES
+from llmtrain_operator.rbac import LEADER_ELECTION_RULES, RULES
 
 from .chart_tools import (
     CHART,
@@ -95,6 +95,7 @@ def _permissions(rules: list[dict[str, Any]]) -> set[tuple[str, str, str]]:
 OPERATOR_PERMISSIONS = _permissions(RULES)
 JOB_PERMISSIONS = {p for p in OPERATOR_PERMISSIONS if p[1] not in CLUSTER_SCOPED}
 DISCOVERY = {p for p in OPERATOR_PERMISSIONS if p[1] in CLUSTER_SCOPED}
+LEADER_ELECTION = _permissions(LEADER_ELECTION_RULES)  # a Role in the release namespace
 
 
 @pytest.fixture(scope="module")
@@ -149,11 +150,15 @@ def test_examples_are_valid_llmtrainingjobs_for_kubeconform_strict(tmp_path, sch
     assert kubeconform(tmp_path, schemas, broken).returncode != 0, "the CRD schema must reject unknown spec fields"
 
 
+def _leader_election_role(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [r for r in find(objects, "Role") if r["metadata"]["name"].endswith("-leader-election")]
+
+
 def test_cluster_wide_install_grants_exactly_what_the_operator_declares(tmp_path):
     objects = render(tmp_path)
     (role,) = find(objects, "ClusterRole")
     assert _permissions(role["rules"]) == OPERATOR_PERMISSIONS
-    assert not find(objects, "Role")
+    assert find(objects, "Role") == _leader_election_role(objects)  # no job rules in any namespace Role
     (binding,) = find(objects, "ClusterRoleBinding")
     (account,) = find(objects, "ServiceAccount")
     assert binding["roleRef"]["name"] == role["metadata"]["name"]
@@ -179,11 +184,11 @@ def test_listed_namespaces_get_roles_and_only_discovery_is_cluster_wide(tmp_path
     objects = render(tmp_path, {"watchNamespaces": ["team-a", "team-b"]})
     (cluster_role,) = find(objects, "ClusterRole")
     assert _permissions(cluster_role["rules"]) == DISCOVERY
-    roles = find(objects, "Role")
+    roles = [r for r in find(objects, "Role") if r not in _leader_election_role(objects)]
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
     for role in roles:
         assert _permissions(role["rules"]) == JOB_PERMISSIONS
-    bindings = find(objects, "RoleBinding")
+    bindings = [b for b in find(objects, "RoleBinding") if not b["metadata"]["name"].endswith("-leader-election")]
     assert sorted(b["metadata"]["namespace"] for b in bindings) == ["team-a", "team-b"]
     for binding in bindings:
         assert binding["subjects"][0]["namespace"] == RELEASE_NAMESPACE
@@ -200,13 +205,37 @@ def _operator_container(objects: list[dict[str, Any]]) -> tuple[dict[str, Any], 
     return deployment, container
 
 
-def test_operator_deployment_is_a_single_recreated_replica_with_liveness_and_metrics(tmp_path):
+def test_leader_election_gets_a_lease_role_in_the_release_namespace_only(tmp_path):
+    objects = render(tmp_path)
+    (role,) = _leader_election_role(objects)
+    assert role["metadata"]["namespace"] == RELEASE_NAMESPACE
+    assert _permissions(role["rules"]) == LEADER_ELECTION
+    (binding,) = find(objects, "RoleBinding", role["metadata"]["name"])
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    assert not _leader_election_role(render(tmp_path, {"leaderElection": {"enabled": False}, "replicas": 1}))
+
+
+def test_operator_deployment_is_two_replicas_electing_a_leader_with_liveness_and_metrics(tmp_path):
     deployment, container = _operator_container(render(tmp_path))
-    assert deployment["spec"]["replicas"] == 1
-    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    assert deployment["spec"]["replicas"] == 2
+    assert deployment["spec"]["strategy"] == {"type": "RollingUpdate"}  # the standby holds on while one is replaced
+    name = deployment["metadata"]["name"]
+    assert {
+        "--leader-elect",
+        f"--leader-election-namespace={RELEASE_NAMESPACE}",
+        f"--leader-election-name={name}",
+    } <= set(container["args"])
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports == {"http-metrics": 8080, "health": 8081}
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+
+
+def test_without_leader_election_the_operator_is_one_recreated_replica(tmp_path):
+    deployment, container = _operator_container(render(tmp_path, {"leaderElection": {"enabled": False}, "replicas": 1}))
+    assert deployment["spec"]["replicas"] == 1 and deployment["spec"]["strategy"] == {"type": "Recreate"}
+    assert "--leader-elect" not in container["args"]
+    refused = helm_template(tmp_path, {"leaderElection": {"enabled": False}}, check=False)  # replicas: 2
+    assert refused.returncode != 0 and "replicas > 1 needs leaderElection.enabled" in refused.stderr
 
 
 def test_operator_runs_an_explicit_command_with_the_contracts_flags(tmp_path):
@@ -217,6 +246,9 @@ def test_operator_runs_an_explicit_command_with_the_contracts_flags(tmp_path):
         "--health-port=9101",
         "--trainer-image=registry.example.com/llmtrain/trainer:1.2.3-cuda",
         "--resync-seconds=30",
+        "--leader-elect",
+        f"--leader-election-namespace={RELEASE_NAMESPACE}",
+        "--leader-election-name=llmtrain-llmtrain-operator",
         "--namespace=team-a",
         "--namespace=team-b",
         "--verbose",
@@ -233,6 +265,7 @@ def test_operator_cli_accepts_the_charts_arguments(tmp_path):
     assert args.trainer_image == "registry.example.com/llmtrain/trainer:1.2.3-cuda"
     assert (args.metrics_port, args.health_port, args.resync_seconds) == (9100, 9101, 30)
     assert args.verbose is True
+    assert (args.leader_elect, args.leader_election_namespace) == (True, RELEASE_NAMESPACE)
 
 
 def test_images_default_to_the_charts_app_version(tmp_path):
