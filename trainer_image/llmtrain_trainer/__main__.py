@@ -31,15 +31,16 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch.distributed as dist
 
-    from .train import EXIT_SIGTERM, Diverged, StopRequest, setup_distributed, train
+    from .distributed import StopRequest, setup_distributed
+    from .train import EXIT_SIGTERM, Diverged, train
 
     stop = StopRequest()
     try:
-        rt = setup_distributed()
+        runtime = setup_distributed()
     except ConfigError as e:
         return _fail(EXIT_BAD_CONFIG, f"invalid config: {e}")
     try:
-        code = train(cfg, rt, stop)
+        code = train(cfg, runtime, stop)
         if code == EXIT_SIGTERM:
             write_termination_message(code, "stopped by SIGTERM; state saved to the newest checkpoint")
         return code
