@@ -4,7 +4,7 @@
     while steps remain:
         outcome = train_step(trainer)   step.py: forward/backward, clip, one all-reduce, optimizer update
         after_step(trainer, outcome)    here: divergence, metrics, the log line, checkpoints
-        SIGTERM? save done, exit 143
+        SIGTERM before the last step? the state is saved: exit 143
     finish(trainer)                     here: publish the last save, the termination message
 
 Every decision (log? save? stop?) is taken on values all ranks agreed on, so all ranks take it at the same step.
