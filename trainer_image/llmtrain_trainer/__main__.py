@@ -11,7 +11,7 @@ import argparse
 import sys
 
 from .config import ConfigError, load_config
-from .exit_codes import EXIT_BAD_CONFIG, EXIT_DIVERGED, write_termination_message
+from .exit_codes import EXIT_BAD_CONFIG, EXIT_DIVERGED, EXIT_SIGTERM, write_termination_message
 
 
 def _fail(code: int, message: str) -> int:
@@ -31,15 +31,16 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch.distributed as dist
 
-    from .train import EXIT_SIGTERM, Diverged, StopRequest, setup_distributed, train
+    from .distributed import StopRequest, setup_distributed
+    from .train import Diverged, train
 
     stop = StopRequest()
     try:
-        rt = setup_distributed(cfg.training.collective_timeout_seconds)
+        runtime = setup_distributed(cfg.training.collective_timeout_seconds)
     except ConfigError as e:
         return _fail(EXIT_BAD_CONFIG, f"invalid config: {e}")
     try:
-        code = train(cfg, rt, stop)
+        code = train(cfg, runtime, stop)
         if code == EXIT_SIGTERM:
             write_termination_message(code, "stopped by SIGTERM; state saved to the newest checkpoint")
         return code

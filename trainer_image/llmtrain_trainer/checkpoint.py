@@ -41,9 +41,9 @@ def complete_checkpoints(root: Path) -> list[tuple[int, Path]]:
         return []
     found = []
     for child in root.iterdir():
-        m = _STEP_DIR.match(child.name)
-        if m and child.is_dir() and (child / COMPLETE_MARKER).is_file():
-            found.append((int(m.group(1)), child))
+        match = _STEP_DIR.match(child.name)
+        if match and child.is_dir() and (child / COMPLETE_MARKER).is_file():
+            found.append((int(match.group(1)), child))
     return sorted(found)
 
 
@@ -129,29 +129,29 @@ class Checkpointer:
 
     def local_done(self) -> bool:
         """This rank has nothing left to write (the trainer all-reduces this before calling finalize)."""
-        p = self.pending
-        return p is None or p.future is None or p.future.done()
+        pending = self.pending
+        return pending is None or pending.future is None or pending.future.done()
 
     def finalize(self) -> float | None:
         """Publish the pending checkpoint once every rank has written it; returns its save time in seconds."""
-        p = self.pending
-        if p is None:
+        pending = self.pending
+        if pending is None:
             return None
-        if p.future is not None:
-            p.future.result()
+        if pending.future is not None:
+            pending.future.result()
         dist.barrier()
         if self.rank == 0:
-            final = self.root / step_dir_name(p.step)
-            marker = {"step": p.step, "world_size": dist.get_world_size(), "time": time.time()}
-            (p.tmp / COMPLETE_MARKER).write_text(json.dumps(marker))
+            final = self.root / step_dir_name(pending.step)
+            marker = {"step": pending.step, "world_size": dist.get_world_size(), "time": time.time()}
+            (pending.tmp / COMPLETE_MARKER).write_text(json.dumps(marker))
             if final.exists():  # saved twice at one step (e.g. SIGTERM right after an interval save)
                 shutil.rmtree(final)
-            p.tmp.rename(final)
+            pending.tmp.rename(final)
             prune(self.root, self.keep)
         dist.barrier()
         self.pending = None
-        seconds = time.perf_counter() - p.started
-        self.log("checkpoint_saved", checkpoint_step=p.step, seconds=round(seconds, 3))
+        seconds = time.perf_counter() - pending.started
+        self.log("checkpoint_saved", checkpoint_step=pending.step, seconds=round(seconds, 3))
         return seconds
 
     def wait(self) -> None:

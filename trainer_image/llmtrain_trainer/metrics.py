@@ -93,11 +93,11 @@ class Metrics:
             self.ckpt_seconds = gauge(names.CHECKPOINT_SECONDS, "Duration of the last checkpoint save.")
             self.last_ckpt = gauge(names.LAST_CHECKPOINT_STEP, "Step of the newest complete checkpoint.")
             for counter in (self.tokens, self.skipped):  # export 0 before the first increment
-                self._l(counter)
+                self._labelled(counter)
         addr = os.environ.get("POD_IP") or "0.0.0.0"
         self.server, _ = start_http_server(port, addr=addr, registry=r)
 
-    def _l(self, metric):
+    def _labelled(self, metric):  # the child carrying this node's job and node_rank labels
         return metric.labels(**self._labels)
 
     def record_step(
@@ -119,25 +119,25 @@ class Metrics:
         if not self.training:
             return
         tps = tokens / seconds if seconds > 0 else 0.0
-        self._l(self.step).set(step)
-        self._l(self.total_steps).set(total)
-        self._l(self.loss).set(loss)
-        self._l(self.tokens).inc(tokens)
-        self._l(self.tokens_per_second).set(tps)
-        self._l(self.flops).set(tps * flops_per_token)
+        self._labelled(self.step).set(step)
+        self._labelled(self.total_steps).set(total)
+        self._labelled(self.loss).set(loss)
+        self._labelled(self.tokens).inc(tokens)
+        self._labelled(self.tokens_per_second).set(tps)
+        self._labelled(self.flops).set(tps * flops_per_token)
         value = mfu(tps / world_size, flops_per_token, peak)
-        self._l(self.mfu).set(float("nan") if value is None else value)
-        self._l(self.step_seconds).observe(seconds)
-        self._l(self.grad_norm).set(grad_norm)
-        self._l(self.lr).set(lr)
-        self._l(self.loss_scale).set(loss_scale)
+        self._labelled(self.mfu).set(float("nan") if value is None else value)
+        self._labelled(self.step_seconds).observe(seconds)
+        self._labelled(self.grad_norm).set(grad_norm)
+        self._labelled(self.lr).set(lr)
+        self._labelled(self.loss_scale).set(loss_scale)
         if skipped:
-            self._l(self.skipped).inc()
+            self._labelled(self.skipped).inc()
 
     def record_checkpoint(self, step: int, seconds: float) -> None:
         if self.training:
-            self._l(self.ckpt_seconds).set(seconds)
-            self._l(self.last_ckpt).set(step)
+            self._labelled(self.ckpt_seconds).set(seconds)
+            self._labelled(self.last_ckpt).set(step)
 
     def record_memory(self) -> None:
         if not self.enabled:

@@ -8,10 +8,12 @@ One DeviceMesh with dims (dp_replicate, dp_shard, tp):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from functools import partial
 
 import torch
+from llmtrain_contract.presets import tensor_parallel_dims
+from llmtrain_contract.rules import describe, tensor_parallel_problems
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 
@@ -57,16 +59,11 @@ def parallel_dims(cfg: ParallelismConfig, *, world_size: int, local_world_size: 
 
 
 def check_model_fits(dims: ParallelDims, args: ModelArgs) -> None:
-    """Tensor parallelism splits heads, kv heads, the FFN and the vocabulary: each must divide evenly."""
-    tp = dims.tp
-    for field, value in (
-        ("model.heads", args.n_heads),
-        ("model.kvHeads", args.n_kv_heads),
-        ("model.ffnDim", args.ffn_dim),
-        ("model.vocabSize", args.vocab_size),
-    ):
-        if value % tp:
-            raise ConfigError(f"{field}: {value} is not divisible by parallelism.tensorParallel {tp}")
+    """Tensor parallelism splits heads, kv heads, the FFN and the vocabulary: each must divide evenly (the
+    contract's rule, the one the operator checks before any pod)."""
+    problems = tensor_parallel_problems(tensor_parallel_dims(asdict(args)), dims.tp)
+    if problems:
+        raise ConfigError(describe(problems))
 
 
 def build_mesh(dims: ParallelDims, device_type: str) -> DeviceMesh:

@@ -14,7 +14,7 @@ HUNG_PEER = """
 import time
 import torch
 import torch.distributed as dist
-from llmtrain_trainer.train import setup_distributed
+from llmtrain_trainer.distributed import setup_distributed
 
 rt = setup_distributed(3)
 if rt.rank == 1:

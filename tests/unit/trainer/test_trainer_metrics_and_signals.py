@@ -5,13 +5,12 @@ from __future__ import annotations
 import json
 import math
 import signal
-import subprocess
 import time
 import urllib.request
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from trainer_runs import BASE_CONFIG, GLOBAL_BATCH, SEQ_LEN, free_port, merged, trainer_command, trainer_env
+from trainer_runs import BASE_CONFIG, GLOBAL_BATCH, SEQ_LEN, free_port, merged, start_trainer, write_config
 
 JOB = "metrics-job"
 TOTAL_STEPS = 100_000  # never reached: the test stops the run with SIGTERM
@@ -43,9 +42,9 @@ def scrape(port: int) -> dict[str, list]:
 
 def value(families: dict, sample_name: str) -> float:
     for samples in families.values():
-        for s in samples:
-            if s.name == sample_name:
-                return s.value
+        for sample in samples:
+            if sample.name == sample_name:
+                return sample.value
     raise KeyError(sample_name)
 
 
@@ -66,16 +65,7 @@ def live_run(tmp_path_factory):
             "logging": {"interval": 1000},
         },
     )
-    (workdir / "config.json").write_text(json.dumps(config))
-    env = trainer_env(workdir, {"POD_IP": "127.0.0.1"})
-    proc = subprocess.Popen(
-        trainer_command(workdir / "config.json", 1),
-        env=env,
-        cwd=workdir,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = start_trainer(write_config(config, workdir), workdir, env={"POD_IP": "127.0.0.1"})
     families, deadline = None, time.monotonic() + 180
     try:
         while time.monotonic() < deadline and proc.poll() is None:
@@ -105,22 +95,22 @@ def test_metrics_carry_job_and_node_rank_labels(live_run):
 
 
 def test_metrics_values_are_sane(live_run):
-    f = live_run["families"]
-    step = value(f, "llmtrain_step")
+    families = live_run["families"]
+    step = value(families, "llmtrain_step")
     tokens_per_step = GLOBAL_BATCH * SEQ_LEN
     assert step >= 3
-    assert value(f, "llmtrain_total_steps") == TOTAL_STEPS
-    assert 0 < value(f, "llmtrain_loss") < 10
+    assert value(families, "llmtrain_total_steps") == TOTAL_STEPS
+    assert 0 < value(families, "llmtrain_loss") < 10
     # scraped while training: the counter may be one step ahead of or behind the step gauge
-    assert abs(value(f, "llmtrain_tokens_total") - step * tokens_per_step) <= tokens_per_step
-    assert value(f, "llmtrain_tokens_per_second") > 0
-    assert 0 < value(f, "llmtrain_mfu") < 1
-    assert value(f, "llmtrain_step_seconds_count") >= step - 1
-    assert math.isfinite(value(f, "llmtrain_grad_norm")) and value(f, "llmtrain_grad_norm") > 0
-    assert value(f, "llmtrain_learning_rate") == pytest.approx(BASE_CONFIG["optimizer"]["lr"])
-    assert value(f, "llmtrain_loss_scale") == 1.0
-    assert value(f, "llmtrain_skipped_steps_total") == 0
-    assert value(f, "llmtrain_host_memory_bytes") > 0
+    assert abs(value(families, "llmtrain_tokens_total") - step * tokens_per_step) <= tokens_per_step
+    assert value(families, "llmtrain_tokens_per_second") > 0
+    assert 0 < value(families, "llmtrain_mfu") < 1
+    assert value(families, "llmtrain_step_seconds_count") >= step - 1
+    assert math.isfinite(value(families, "llmtrain_grad_norm")) and value(families, "llmtrain_grad_norm") > 0
+    assert value(families, "llmtrain_learning_rate") == pytest.approx(BASE_CONFIG["optimizer"]["lr"])
+    assert value(families, "llmtrain_loss_scale") == 1.0
+    assert value(families, "llmtrain_skipped_steps_total") == 0
+    assert value(families, "llmtrain_host_memory_bytes") > 0
 
 
 def test_sigterm_saves_a_checkpoint_and_exits_143(live_run):

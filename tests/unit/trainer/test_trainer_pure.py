@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -81,11 +82,11 @@ def test_global_batch_is_the_same_whatever_the_number_of_data_parallel_ranks():
 
 def test_sampler_position_round_trips_through_its_state():
     tokens = synthetic_tokens(512, seed=1)
-    a = BatchSampler(tokens, 16, 4, 0, 1, seed=3)
-    a.next_batch()
-    b = BatchSampler(tokens, 16, 4, 0, 1, seed=3)
-    b.load_state_dict(a.state_dict())
-    assert np.array_equal(a.next_batch()[0], b.next_batch()[0])
+    original = BatchSampler(tokens, 16, 4, 0, 1, seed=3)
+    original.next_batch()
+    restored = BatchSampler(tokens, 16, 4, 0, 1, seed=3)
+    restored.load_state_dict(original.state_dict())
+    assert np.array_equal(original.next_batch()[0], restored.next_batch()[0])
 
 
 def test_synthetic_stream_is_learnable_most_successors_are_fixed():
@@ -127,7 +128,8 @@ def test_peak_flops_table_and_override():
     assert peak_flops("NVIDIA H200", 5e14) == 5e14
 
 
-def _make(root, step, complete=True, tmp=False):
+def make_checkpoint_dir(root: Path, step: int, complete: bool = True, tmp: bool = False) -> Path:
+    """step-N (or step-N.tmp), with its .complete marker unless `complete` is False."""
     path = root / (f"step-{step:08d}" + (".tmp" if tmp else ""))
     path.mkdir()
     if complete:
@@ -136,10 +138,10 @@ def _make(root, step, complete=True, tmp=False):
 
 
 def test_latest_checkpoint_ignores_tmp_and_unmarked_directories(tmp_path):
-    _make(tmp_path, 10)
-    _make(tmp_path, 20)
-    _make(tmp_path, 30, tmp=True)
-    _make(tmp_path, 40, complete=False)
+    make_checkpoint_dir(tmp_path, 10)
+    make_checkpoint_dir(tmp_path, 20)
+    make_checkpoint_dir(tmp_path, 30, tmp=True)
+    make_checkpoint_dir(tmp_path, 40, complete=False)
     (tmp_path / "step-50-notes").mkdir()
     assert latest_checkpoint(tmp_path) == (20, tmp_path / "step-00000020")
     assert latest_checkpoint(tmp_path / "missing") is None
@@ -147,15 +149,15 @@ def test_latest_checkpoint_ignores_tmp_and_unmarked_directories(tmp_path):
 
 def test_prune_keeps_the_newest_complete_checkpoints(tmp_path):
     for step in (10, 20, 30, 40):
-        _make(tmp_path, step)
+        make_checkpoint_dir(tmp_path, step)
     prune(tmp_path, keep=2)
     assert [s for s, _ in complete_checkpoints(tmp_path)] == [30, 40]
 
 
 def test_interrupted_saves_are_cleaned_up_and_complete_ones_kept(tmp_path):
-    keep = _make(tmp_path, 10)
-    _make(tmp_path, 20, tmp=True)  # marker written, crash before the rename
-    _make(tmp_path, 30, complete=False)
+    keep = make_checkpoint_dir(tmp_path, 10)
+    make_checkpoint_dir(tmp_path, 20, tmp=True)  # marker written, crash before the rename
+    make_checkpoint_dir(tmp_path, 30, complete=False)
     removed = remove_incomplete(tmp_path)
     assert sorted(p.name for p in removed) == ["step-00000020.tmp", "step-00000030"]
     assert [p.name for p in tmp_path.iterdir()] == [keep.name]

@@ -117,31 +117,50 @@ def parse_events(stdout: str) -> list[dict]:
     return events
 
 
+def write_config(config: dict, workdir: Path) -> Path:
+    workdir.mkdir(parents=True, exist_ok=True)
+    path = workdir / "config.json"
+    path.write_text(json.dumps(config))
+    return path
+
+
+def start_trainer(
+    config_path: Path,
+    workdir: Path,
+    *,
+    nproc: int = 1,
+    nnodes: int = 1,
+    node_rank: int = 0,
+    rdzv_port: int = 0,
+    env: dict[str, str] | None = None,
+) -> subprocess.Popen:
+    """Start one node of a run (a torchrun agent, or the trainer itself for one process) with its output piped."""
+    return subprocess.Popen(
+        trainer_command(config_path, nproc, nnodes=nnodes, node_rank=node_rank, rdzv_port=rdzv_port),
+        env=trainer_env(workdir, env),
+        cwd=workdir,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
 def run_trainer(
     config: dict, workdir: Path, *, nproc: int = 1, nnodes: int = 1, env: dict[str, str] | None = None
 ) -> Run:
     """Train with `config` on `nnodes` simulated nodes (local torchrun agents) of `nproc` processes each."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    config_path = workdir / "config.json"
-    config_path.write_text(json.dumps(config))
+    config_path = write_config(config, workdir)
     port = free_port() if nnodes > 1 else 0
     procs = [
-        subprocess.Popen(
-            trainer_command(config_path, nproc, nnodes=nnodes, node_rank=node, rdzv_port=port),
-            env=trainer_env(workdir, env),
-            cwd=workdir,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        start_trainer(config_path, workdir, nproc=nproc, nnodes=nnodes, node_rank=node, rdzv_port=port, env=env)
         for node in range(nnodes)
     ]
     try:
         outputs = [p.communicate(timeout=RUN_TIMEOUT_S) for p in procs]
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
     returncode = next((p.returncode for p in procs if p.returncode), 0)
     stdout = outputs[0][0]  # node 0 holds global rank 0, the one that logs
     stderr = "\n".join(err for _, err in outputs)
