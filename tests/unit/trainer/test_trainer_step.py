@@ -54,7 +54,7 @@ def test_each_rank_accumulates_its_share_of_the_global_batch_in_micro_batches():
     [(6, 2, 4), (2, 1, 4), (12, 4, 2)],  # not per rank; fewer rows than ranks; share not a multiple of micro
 )
 def test_a_global_batch_that_does_not_split_evenly_is_a_config_error_naming_the_field(global_batch, micro_batch, ranks):
-    with pytest.raises(ConfigError, match=r"^training\.globalBatchSize: .* training\.microBatchSize"):
+    with pytest.raises(ConfigError, match=r"^training\.globalBatchSize: .* microBatchSize x data-parallel degree"):
         micro_batches_per_step(global_batch_size=global_batch, micro_batch_size=micro_batch, data_parallel_ranks=ranks)
 
 
