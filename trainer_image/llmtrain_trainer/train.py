@@ -20,6 +20,7 @@ from torch.distributed.tensor.parallel import loss_parallel as loss_parallel_ctx
 from .checkpoint import Checkpointer, latest_checkpoint, rng_state, set_rng_state
 from .config import ConfigError, TrainerConfig
 from .data import BatchSampler, load_tokens, tokenizer_vocab
+from .evaluate import eval_due, eval_sampler_for, evaluate
 from .exit_codes import EXIT_OK, write_termination_message
 from .log import RunLog
 from .metrics import Metrics, memory_stats, peak_flops
@@ -151,6 +152,8 @@ def train(cfg: TrainerConfig, rt: Runtime, stop: StopRequest) -> int:
         dp_size,
         tc.seed,
     )
+    # evaluation (#11): the held-out data is opened and checked here, before the model is built
+    eval_sampler = eval_sampler_for(cfg, vocab_size=args.vocab_size, dp_rank=dp_rank, dp_size=dp_size)
 
     with torch.device("meta"):
         model = Transformer(args)
@@ -300,6 +303,18 @@ def train(cfg: TrainerConfig, rt: Runtime, stop: StopRequest) -> int:
             peak=peak,
             world_size=rt.world_size,
         )
+        if eval_sampler is not None and not stopping and eval_due(step, tc.steps, cfg):  # evaluation (#11)
+            eval_loss, eval_ppl = evaluate(
+                model,
+                eval_sampler,
+                device=rt.device,
+                micro_batch_size=tc.micro_batch_size,
+                world_size=rt.world_size,
+                autocast_dtype=autocast_dtype,
+                loss_parallel=loss_parallel,
+            )
+            metrics.record_eval(step, eval_loss, eval_ppl)
+            log("eval", step=step, loss=round(eval_loss, 6), perplexity=round(eval_ppl, 4))
         if step % cfg.logging.interval == 0 or step == tc.steps:
             elapsed = time.perf_counter() - window_start
             tps = window_tokens / elapsed if elapsed > 0 else 0.0
