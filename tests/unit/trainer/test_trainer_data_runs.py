@@ -40,20 +40,37 @@ def test_token_ids_beyond_the_vocabulary_exit_78_naming_the_file(tmp_path, prepa
     assert "the model's vocabulary has 100 ids" in run.termination_message["message"]
 
 
-def test_training_on_shards_reports_validation_loss_at_each_interval_and_at_the_end(tmp_path, prepared):
-    config = merged(
-        BASE_CONFIG,
-        {
-            "data": {"source": str(prepared / "train")},
-            "evaluation": {"source": str(prepared / "val"), "interval": 5, "batches": 2},
-        },
-    )
-    run = run_trainer(config, tmp_path / "run", nproc=2)
+@pytest.fixture(scope="module")
+def eval_runs(prepared, tmp_path_factory):
+    """Two layouts (FSDP ZeRO-3 and tensor parallel 2, 2 processes each) on a weighted mixture, evaluating on val."""
+    runs = {}
+    for name, parallelism in (("zero3", {"dataParallel": "fsdp"}), ("tp2", {"tensorParallel": 2})):
+        config = merged(
+            BASE_CONFIG,
+            {
+                "parallelism": parallelism,
+                "data": {"sources": [{"path": str(prepared / "train"), "weight": 3}, {"path": str(prepared / "val")}]},
+                "evaluation": {"source": str(prepared / "val"), "interval": 5, "batches": 2},
+            },
+        )
+        runs[name] = run_trainer(config, tmp_path_factory.mktemp(name), nproc=2)
+    return runs
+
+
+def test_training_on_a_mixture_reports_validation_loss_at_each_interval_and_at_the_end(eval_runs):
+    run = eval_runs["zero3"]
     assert run.returncode == 0, run.explain()
     evals = run.of("eval")
     assert [e["step"] for e in evals] == [5, 10, 12]
     assert all(e["perplexity"] == pytest.approx(np.exp(e["loss"]), rel=1e-3) for e in evals)
     assert evals[-1]["loss"] < evals[0]["loss"] < np.log(512)  # it learns, and beats uniform guessing
+
+
+def test_validation_loss_does_not_depend_on_the_layout(eval_runs):
+    """Same held-out windows, same weights: tensor parallelism (loss on sharded logits) measures the same loss."""
+    assert eval_runs["tp2"].returncode == 0, eval_runs["tp2"].explain()
+    losses = {name: [e["loss"] for e in run.of("eval")] for name, run in eval_runs.items()}
+    assert losses["tp2"] == pytest.approx(losses["zero3"], abs=1e-3)
 
 
 def test_rank_zeros_validation_loss_reaches_the_operators_progress():
