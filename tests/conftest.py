@@ -25,7 +25,7 @@ MARKERS = {
     "slow": "launches real trainer processes (torchrun on CPU/gloo): seconds to minutes each",
 }
 TRAINER_UNIT_TESTS = REPO / "tests" / "unit" / "trainer"
-PURE_TRAINER_MODULES = {"test_trainer_pure.py"}
+PURE_TRAINER_MODULES = {"test_trainer_pure.py", "test_trainer_data.py", "test_trainer_prepare.py"}
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -16,6 +16,7 @@ from .rules import warmup_problem
 from .sections import (
     CheckpointPolicy,
     DataSection,
+    EvaluationSection,
     LoggingSection,
     MetricsSection,
     ModelSection,
@@ -46,6 +47,7 @@ class TrainerConfig(Section):
     checkpoint: CheckpointConfig = CheckpointConfig()
     metrics: MetricsSection = MetricsSection()
     logging: LoggingSection = LoggingSection()
+    evaluation: EvaluationSection | None = None
 
     @model_validator(mode="after")
     def _schedule_fits(self) -> TrainerConfig:

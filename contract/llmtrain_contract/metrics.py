@@ -26,5 +26,8 @@ CHECKPOINT_SECONDS = "llmtrain_checkpoint_seconds"
 LAST_CHECKPOINT_STEP = "llmtrain_last_checkpoint_step"
 GPU_MEMORY_BYTES = "llmtrain_gpu_memory_bytes"  # label kind: allocated | reserved | peak_allocated
 HOST_MEMORY_BYTES = "llmtrain_host_memory_bytes"  # label kind: peak_rss
+EVAL_LOSS = "llmtrain_eval_loss"  # validation loss of the last evaluation (absent before the first)
+EVAL_PERPLEXITY = "llmtrain_eval_perplexity"  # exp(EVAL_LOSS)
+EVAL_STEP = "llmtrain_eval_step"  # the optimizer step EVAL_LOSS was measured at
 
 PREFIX = "llmtrain_"

@@ -28,6 +28,11 @@ CEL_HEADS_MULTIPLE_OF_KV: dict[str, str] = {
     "message": "model.heads must be a multiple of model.kvHeads",
     "fieldPath": ".kvHeads",
 }
+CEL_SOURCE_OR_SOURCES: dict[str, str] = {
+    "rule": "!has(self.sources) || !has(self.source) || self.source == 'synthetic'",
+    "message": "set data.source or data.sources, not both",
+    "fieldPath": ".sources",
+}
 
 
 def cel(*rules: dict[str, str]) -> dict[str, Any]:

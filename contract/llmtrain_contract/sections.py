@@ -14,7 +14,7 @@ from pydantic.alias_generators import to_camel
 
 from .metrics import DEFAULT_METRICS_PORT
 from .presets import PresetName
-from .rules import CEL_HEADS_MULTIPLE_OF_KV, CEL_PRESET_OR_DIMS, cel, missing_model_dims
+from .rules import CEL_HEADS_MULTIPLE_OF_KV, CEL_PRESET_OR_DIMS, CEL_SOURCE_OR_SOURCES, cel, missing_model_dims
 
 Precision = Literal["bf16", "fp16", "fp32"]
 
@@ -50,17 +50,59 @@ class ModelSection(Section):
         return self
 
 
+class WeightedSource(Section):
+    """One training source of a mixture and its share of the sequences drawn."""
+
+    path: str = Field(
+        min_length=1,
+        description="A shard directory (with manifest.json), a glob of .bin shards, one .bin file or a text file.",
+    )
+    weight: float = Field(1.0, gt=0, description="Relative share of each global batch drawn from this source.")
+
+
 class DataSection(Section):
     """Training data."""
+
+    model_config = ConfigDict(json_schema_extra=cel(CEL_SOURCE_OR_SOURCES))
 
     source: str = Field(
         "synthetic",
         min_length=1,
-        description="'synthetic', or a path on a mounted volume to a text file or a pre-tokenised .bin file.",
+        description="'synthetic'; a directory of token shards written by llmtrain_trainer.prepare (its "
+        "manifest.json); a glob of .bin shards; one .bin file; or a text file (tokenised at start-up: small data "
+        "only). Shards are memory-mapped, never read whole.",
+    )
+    sources: list[WeightedSource] | None = Field(
+        None,
+        min_length=1,
+        description="A weighted mixture of sources (each as data.source, not 'synthetic'); replaces data.source.",
     )
     tokenizer: str = Field("byte", description="'byte', 'tiktoken:<encoding>' or 'hf:<path to tokenizer.json>'.")
     seq_len: int = Field(256, ge=2, description="Tokens per training sequence.")
-    bin_dtype: Literal["uint16", "uint32"] = Field("uint16", description="Element type of a pre-tokenised .bin file.")
+    bin_dtype: Literal["uint16", "uint32"] | None = Field(
+        None,
+        description="Element type of .bin files without a sidecar (uint16 when unset). Shards with a sidecar or "
+        "manifest carry their own; when set, it must match theirs.",
+    )
+
+    @model_validator(mode="after")
+    def _source_or_sources(self) -> DataSection:
+        if self.sources is not None and self.source != "synthetic":
+            raise ValueError("set data.source or data.sources, not both")
+        return self
+
+
+class EvaluationSection(Section):
+    """Validation loss on held-out data, computed every `interval` steps and at the end."""
+
+    source: str = Field(
+        min_length=1,
+        description="Held-out data, in any form data.source accepts (a shard directory, a glob, a .bin or text file).",
+    )
+    interval: int = Field(100, ge=1, description="Evaluate every this many optimizer steps (and after the last).")
+    batches: int = Field(
+        10, ge=1, description="Global batches (training.globalBatchSize sequences each) per evaluation."
+    )
 
 
 class ParallelismSection(Section):

@@ -13,6 +13,7 @@ from llmtrain_contract.rules import CEL_WARMUP_BELOW_STEPS, cel
 from llmtrain_contract.sections import (
     CheckpointPolicy,
     DataSection,
+    EvaluationSection,
     LoggingSection,
     MetricsSection,
     ModelSection,
@@ -207,6 +208,7 @@ class LLMTrainingJobSpec(_Model):
     checkpoint: CheckpointSpec | None = Field(None, description=CheckpointSpec.__doc__)
     metrics: MetricsSection = Field(default_factory=MetricsSection, description=MetricsSection.__doc__)
     logging: LoggingSection = Field(default_factory=LoggingSection, description=LoggingSection.__doc__)
+    evaluation: EvaluationSection | None = Field(None, description=EvaluationSection.__doc__)
     run_policy: RunPolicy = Field(default_factory=RunPolicy, description=RunPolicy.__doc__)
     scheduling: SchedulingSpec = Field(default_factory=SchedulingSpec, description=SchedulingSpec.__doc__)
     pod_template: PodTemplateSpec = Field(default_factory=PodTemplateSpec, description=PodTemplateSpec.__doc__)
@@ -240,6 +242,7 @@ class Progress(_Model):
     step: int | None = Field(None, description="Last completed optimizer step.")
     total_steps: int | None = Field(None, description="Steps the run will take.")
     loss: float | None = Field(None, description="Latest training loss.")
+    eval_loss: float | None = Field(None, description="Latest validation loss (spec.evaluation).")
     tokens_per_second: float | None = Field(None, description="Training throughput across the job.")
     mfu: float | None = Field(None, description="Model FLOPs utilisation (0-1).")
     eta: str | None = Field(None, description="Estimated time left, e.g. 1h02m03s.")

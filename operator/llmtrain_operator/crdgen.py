@@ -125,6 +125,12 @@ PRINTER_COLUMNS = [
     {"name": "Step", "type": "integer", "jsonPath": ".status.progress.step", "description": "Last optimizer step."},
     {"name": "Loss", "type": "number", "jsonPath": ".status.progress.loss", "description": "Latest training loss."},
     {
+        "name": "Eval",
+        "type": "number",
+        "jsonPath": ".status.progress.evalLoss",
+        "description": "Latest validation loss.",
+    },
+    {
         "name": "Tok/s",
         "type": "number",
         "jsonPath": ".status.progress.tokensPerSecond",

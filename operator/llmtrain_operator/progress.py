@@ -58,6 +58,7 @@ def parse_progress(text: str) -> Progress | None:
         step=int(step) if step is not None else None,
         total_steps=int(total) if total is not None else None,
         loss=_round(num(names.LOSS), 4),
+        eval_loss=_round(num(names.EVAL_LOSS), 4),
         tokens_per_second=_round(num(names.TOKENS_PER_SECOND), 1),
         mfu=_round(num(names.MFU), 4),
         eta=eta,

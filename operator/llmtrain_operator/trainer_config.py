@@ -30,4 +30,5 @@ def render_trainer_config(job_name: str, spec: LLMTrainingJobSpec) -> TrainerCon
         checkpoint=checkpoint,
         metrics=spec.metrics,
         logging=spec.logging,
+        evaluation=spec.evaluation,
     )

@@ -20,6 +20,7 @@ from .checkpoint import Checkpointer, rng_state, set_rng_state
 from .config import ConfigError, TrainerConfig
 from .data import BatchSampler, load_tokens, tokenizer_vocab
 from .distributed import Runtime, StopRequest
+from .evaluate import EvalSampler, eval_sampler_for
 from .log import RunLog
 from .metrics import Metrics, peak_flops
 from .model import ModelArgs, Transformer, flops_per_token, initial_value, resolve_model_args, validate_model_args
@@ -61,6 +62,7 @@ class Trainer:
     peak_flops: float | None  # of one device; None where unknown (no MFU)
     metrics: Metrics
     checkpointer: Checkpointer | None  # None: checkpointing is off
+    eval_sampler: EvalSampler | None = None  # None: no evaluation section
     faults: FaultInjection = field(default_factory=FaultInjection.from_env)
     progress: Progress = field(default_factory=Progress)
     throughput: ThroughputWindow = field(default_factory=lambda: ThroughputWindow(time.perf_counter()))
@@ -91,6 +93,9 @@ def build_trainer(cfg: TrainerConfig, runtime: Runtime, stop: StopRequest) -> Tr
     torch.manual_seed(cfg.training.seed)
     mesh = build_mesh(dims, runtime.device.type)
     sampler = build_sampler(cfg, mesh, vocab_size=args.vocab_size)
+    dp_rank, dp_size = dp_coordinates(mesh)
+    # the held-out data is opened and checked here, before the model is built, so bad data fails fast
+    eval_sampler = eval_sampler_for(cfg, vocab_size=args.vocab_size, dp_rank=dp_rank, dp_size=dp_size)
     model = build_model(cfg, args, dims, mesh, runtime.device, loss_parallel=plan.loss_parallel)
     trainer = Trainer(
         cfg=cfg,
@@ -109,6 +114,7 @@ def build_trainer(cfg: TrainerConfig, runtime: Runtime, stop: StopRequest) -> Tr
         peak_flops=device_peak_flops(runtime.device, cfg.metrics.peak_flops),
         metrics=build_metrics(cfg, runtime),
         checkpointer=build_checkpointer(cfg, runtime, log),
+        eval_sampler=eval_sampler,
     )
     if trainer.checkpointer is not None:
         resume_from_latest(trainer)

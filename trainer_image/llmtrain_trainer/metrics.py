@@ -92,6 +92,9 @@ class Metrics:
             self.skipped = Counter(names.SKIPPED_STEPS, "Steps skipped for non-finite gradients.", labels, registry=r)
             self.ckpt_seconds = gauge(names.CHECKPOINT_SECONDS, "Duration of the last checkpoint save.")
             self.last_ckpt = gauge(names.LAST_CHECKPOINT_STEP, "Step of the newest complete checkpoint.")
+            self.eval_loss = gauge(names.EVAL_LOSS, "Validation loss of the last evaluation (evaluation.source).")
+            self.eval_ppl = gauge(names.EVAL_PERPLEXITY, "Validation perplexity, exp(llmtrain_eval_loss).")
+            self.eval_step = gauge(names.EVAL_STEP, "Optimizer step of the last evaluation.")
             for counter in (self.tokens, self.skipped):  # export 0 before the first increment
                 self._labelled(counter)
         addr = os.environ.get("POD_IP") or "0.0.0.0"
@@ -138,6 +141,13 @@ class Metrics:
         if self.training:
             self._labelled(self.ckpt_seconds).set(seconds)
             self._labelled(self.last_ckpt).set(step)
+
+    def record_eval(self, step: int, loss: float, perplexity: float) -> None:
+        """The validation series appear only after the first evaluation (no sample before: no misleading 0)."""
+        if self.training:
+            self._l(self.eval_loss).set(loss)
+            self._l(self.eval_ppl).set(perplexity)
+            self._l(self.eval_step).set(step)
 
     def record_memory(self) -> None:
         if not self.enabled:

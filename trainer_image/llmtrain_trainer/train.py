@@ -18,6 +18,7 @@ from .build import Trainer, build_trainer
 from .checkpoint import Checkpointer, latest_checkpoint
 from .config import TrainerConfig
 from .distributed import Runtime, StopRequest
+from .evaluate import eval_due, evaluate
 from .exit_codes import EXIT_OK, EXIT_SIGTERM, write_termination_message
 from .metrics import Metrics, memory_stats, mfu
 from .progress import (
@@ -73,6 +74,8 @@ def after_step(trainer: Trainer, outcome: StepOutcome) -> None:
     trainer.throughput.add(trainer.plan.tokens_per_step)
     check_divergence(trainer, outcome)
     record_step_metrics(trainer, outcome)
+    if not outcome.stop_requested and eval_due(outcome.step, trainer.cfg.training.steps, trainer.cfg):
+        run_evaluation(trainer, outcome.step)
     if should_log(outcome.step, interval=trainer.cfg.logging.interval, total_steps=trainer.cfg.training.steps):
         log_step(trainer, outcome)
     if trainer.checkpointer is not None:
@@ -93,6 +96,22 @@ def check_divergence(trainer: Trainer, outcome: StepOutcome) -> None:
     streak = trainer.progress.nonfinite_loss_streak
     if has_diverged(streak, patience=trainer.cfg.training.divergence_patience):
         raise Diverged(f"loss was non-finite for {streak} consecutive steps (last step {outcome.step})")
+
+
+def run_evaluation(trainer: Trainer, step: int) -> None:
+    """Validation loss on the fixed held-out windows (every rank, the same step), on rank 0's metrics and log."""
+    assert trainer.eval_sampler is not None  # eval_due is False without an evaluation section
+    loss, ppl = evaluate(
+        trainer.model,
+        trainer.eval_sampler,
+        device=trainer.runtime.device,
+        micro_batch_size=trainer.cfg.training.micro_batch_size,
+        world_size=trainer.runtime.world_size,
+        autocast_dtype=trainer.plan.autocast_dtype,
+        loss_parallel=trainer.plan.loss_parallel,
+    )
+    trainer.metrics.record_eval(step, loss, ppl)
+    trainer.log("eval", step=step, loss=round(loss, 6), perplexity=round(ppl, 4))
 
 
 def record_step_metrics(trainer: Trainer, outcome: StepOutcome) -> None:

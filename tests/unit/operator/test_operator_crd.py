@@ -92,7 +92,7 @@ def test_names_scope_status_subresource_and_printer_columns():
     version = _version()
     assert version["subresources"] == {"status": {}}
     columns = [c["name"] for c in version["additionalPrinterColumns"]]
-    assert columns == ["Phase", "Nodes", "Step", "Loss", "Tok/s", "Restarts", "Age"]
+    assert columns == ["Phase", "Nodes", "Step", "Loss", "Eval", "Tok/s", "Restarts", "Age"]
 
 
 def test_procs_per_node_is_int_or_string_defaulting_to_auto():

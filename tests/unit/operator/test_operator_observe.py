@@ -83,6 +83,8 @@ llmtrain_step{job="demo",node_rank="0"} 150.0
 llmtrain_total_steps{job="demo",node_rank="0"} 1000.0
 # TYPE llmtrain_loss gauge
 llmtrain_loss{job="demo",node_rank="0"} 3.25
+# TYPE llmtrain_eval_loss gauge
+llmtrain_eval_loss{job="demo",node_rank="0"} 3.41237
 # TYPE llmtrain_tokens_per_second gauge
 llmtrain_tokens_per_second{job="demo",node_rank="0"} 12345.5
 # TYPE llmtrain_mfu gauge
@@ -103,6 +105,7 @@ def test_progress_is_parsed_from_the_trainer_metric_names():
     assert p is not None
     assert (p.step, p.total_steps, p.loss, p.tokens_per_second, p.mfu) == (150, 1000, 3.25, 12345.5, 0.41)
     assert p.last_checkpoint_step == 100
+    assert p.eval_loss == 3.4124  # rounded for kubectl get ltj's Eval column
     assert p.eta == "28m20s"  # 850 steps x 2 s
 
 

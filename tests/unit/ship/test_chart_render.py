@@ -365,9 +365,11 @@ def test_pod_monitor_selects_the_trainer_pods_the_operator_builds(tmp_path):
 
 
 def _exported_metric_names() -> set[str]:
-    """Every llmtrain_* name in the trainer's and operator's sources, with the suffixes Prometheus adds."""
+    """Every llmtrain_* name in the trainer's, operator's and contract's sources, with the suffixes Prometheus adds
+    (the trainer's metric names live in llmtrain_contract.metrics)."""
     names: set[str] = set()
-    for source in [*(REPO / "trainer_image").rglob("*.py"), *(REPO / "operator").rglob("*.py")]:
+    sources = [*(REPO / "trainer_image").rglob("*.py"), *(REPO / "operator").rglob("*.py")]
+    for source in [*sources, *(REPO / "contract").rglob("*.py")]:
         for name in re.findall(r"""["'](llmtrain_[a-z0-9_]+)["']""", source.read_text()):
             names |= {name, f"{name}_total", f"{name}_bucket", f"{name}_sum", f"{name}_count"}
     # prometheus_client names operator metrics from a prefix plus a suffix in some code bases; accept both spellings.

@@ -7,6 +7,8 @@ CEL) run in tests/integration/ship/test_examples_dry_run.py.
 
 from __future__ import annotations
 
+import contextlib
+import io
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,7 @@ from llmtrain_contract.config import TrainerConfig
 from llmtrain_operator.api import LLMTrainingJobSpec
 from llmtrain_operator.trainer_config import render_trainer_config
 from llmtrain_operator.validate import data_parallel_degree, procs_per_node, validate_spec
+from llmtrain_trainer.prepare import main as prepare_main
 
 REPO = Path(__file__).resolve().parents[3]
 EXAMPLES = sorted((REPO / "examples").glob("*.yaml"))
@@ -26,6 +29,8 @@ EXPECTED = {
     "llama-8b-fsdp-tp.yaml",
     "tiny-cpu.yaml",
     "with-kueue.yaml",
+    "prepare-data-job.yaml",
+    "llama-1b-shards.yaml",
 }
 
 
@@ -102,3 +107,20 @@ def test_kueue_example_is_queued_not_suspended():
     spec = _spec("with-kueue.yaml")
     assert spec.scheduling.queue_name == "team-a"
     assert spec.run_policy.suspend is False  # Kueue's gate holds the pods; nothing to un-suspend by hand
+
+
+def test_prepare_data_job_runs_the_preparation_tool_with_flags_it_accepts():
+    (job,) = _docs(REPO / "examples" / "prepare-data-job.yaml")
+    assert job["kind"] == "Job" and job["apiVersion"] == "batch/v1"
+    (container,) = job["spec"]["template"]["spec"]["containers"]
+    script = container["args"][0]
+    assert "llmtrain-prepare" in script
+    flags = {word for word in script.split() if word.startswith("--")}
+    with contextlib.redirect_stdout(io.StringIO()) as usage, contextlib.suppress(SystemExit):
+        prepare_main(["--help"])
+    assert flags and all(flag in usage.getvalue() for flag in flags)
+    mount = container["volumeMounts"][0]
+    assert mount["mountPath"] == "/data" and not mount.get("readOnly"), "prepare writes the shards"
+    shards = _spec("llama-1b-shards.yaml")
+    produced = {f"/data/shards/{s}" for s in ("web/train", "web/val", "code/train")}
+    assert {s.path for s in shards.data.sources} | {shards.evaluation.source} == produced
