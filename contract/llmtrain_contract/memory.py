@@ -170,6 +170,7 @@ def estimate_memory(
     gradient_accumulation_steps: int = 1,
     loss_parallel: bool = True,
     device_type: str = "cuda",
+    fused_optimizer: bool | None = None,
     cuda_context_bytes: int = DEFAULT_CUDA_CONTEXT_BYTES,
     allocator_slack: float = DEFAULT_ALLOCATOR_SLACK,
     lower_bound: bool = False,
@@ -177,8 +178,10 @@ def estimate_memory(
 ) -> MemoryEstimate:
     """Peak bytes of one rank of the trainer for this shape and layout; the max of the backward and optimizer phases.
 
-    `device_type` selects what the trainer builds there: 'cuda' fused AdamW (no temporaries) and a CUDA context,
-    'cpu' foreach AdamW (one fp32 temporary per parameter group) and no context.
+    `device_type` selects the kernels and what the trainer builds there: 'cuda' fused RMSNorm, flash/efficient
+    attention, fused AdamW (no temporaries) and a CUDA context; 'cpu' composite RMSNorm, CPU flash attention,
+    foreach AdamW (one fp32 temporary per parameter group) and no context. `fused_optimizer` overrides the
+    optimizer's choice (the validation runs the CUDA optimizer on CPU kernels).
     """
     s = shape
     seq = seq_len or s.max_seq_len
@@ -297,7 +300,8 @@ def estimate_memory(
         sum(t.shard(lay.dp_shard) for t in every if t.decay),
         sum(t.shard(lay.dp_shard) for t in every if not t.decay),
     )
-    optimizer_temp = FP32 * max(groups) if device_type != "cuda" else 0
+    fused = device_type == "cuda" if fused_optimizer is None else fused_optimizer
+    optimizer_temp = 0 if fused else FP32 * max(groups)
     step = (master, sharded_grads, adam_states + optimizer_temp, 0, 0, ddp_buckets)
 
     phase, parts = max(

@@ -8,11 +8,13 @@ from __future__ import annotations
 import subprocess
 import sys
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 from llmtrain_contract.memory import (
     GIB,
     MemoryConfig,
+    _tensor_parallel_changes,
     config_from_spec,
     estimate_for_spec,
     estimate_memory,
@@ -22,6 +24,7 @@ from llmtrain_contract.memory import (
 from llmtrain_contract.presets import PRESETS, ModelShape
 from llmtrain_contract.sections import DataSection, ModelSection, ParallelismSection, TrainingSection
 
+REPO = Path(__file__).resolve().parents[3]
 H200 = 143_771 * 2**20  # nvidia-smi's total for one H200 (141 GB)
 H100 = 81_559 * 2**20  # one H100 80 GB
 LLAMA_1B, LLAMA_8B = PRESETS["llama-1b"], PRESETS["llama-8b"]
@@ -35,7 +38,9 @@ def est(shape: ModelShape = LLAMA_1B, **kw):
 
 
 def block_numel(s: ModelShape) -> int:
-    return 2 * s.dim * s.n_heads * s.head_dim + 2 * s.dim * s.n_kv_heads * s.head_dim + 3 * s.dim * s.ffn_dim + 2 * s.dim
+    return (
+        2 * s.dim * s.n_heads * s.head_dim + 2 * s.dim * s.n_kv_heads * s.head_dim + 3 * s.dim * s.ffn_dim + 2 * s.dim
+    )
 
 
 def model_numel(s: ModelShape) -> int:
@@ -64,7 +69,8 @@ def test_fsdp_pads_each_parameter_to_whole_rows_per_rank():
 
 
 def test_ddp_replicates_the_model_on_every_rank():
-    assert est(data_parallel="ddp", world_size=8).optimizer_state == est(data_parallel="ddp", world_size=1).optimizer_state
+    one, eight = est(data_parallel="ddp", world_size=1), est(data_parallel="ddp", world_size=8)
+    assert eight.optimizer_state == one.optimizer_state
 
 
 def test_ddp_keeps_gradient_buckets_as_large_as_the_gradients():
@@ -255,7 +261,7 @@ def test_suggests_activation_checkpointing_when_activations_dominate():
 def test_suggests_tensor_parallel_only_when_it_divides_the_model():
     odd_heads = replace(LLAMA_8B, n_heads=30, n_kv_heads=6, dim=3840)  # tp 4 and 8 do not divide 30 heads
     cfg = eight_gpu_job(shape=odd_heads, micro_batch_size=1, activation_checkpointing="full", sharding="zero3")
-    options = [text for text, _ in __import__("llmtrain_contract.memory").memory._tensor_parallel_changes(cfg)]
+    options = [text for text, _ in _tensor_parallel_changes(cfg)]
     assert options == ["parallelism.tensorParallel 1 → 2"]
 
 
@@ -277,3 +283,22 @@ def test_nothing_fits_llama_8b_on_one_80gb_gpu():
     """One GPU: no sharding or tensor parallelism to add, and no checkpointing shrinks the optimizer state."""
     cfg = MemoryConfig(shape=LLAMA_8B, world_size=1, procs_per_node=1, micro_batch_size=1, seq_len=8192)
     assert suggest_fit(cfg, H100) is None
+
+
+# --- against the recorded measurements ----------------------------------------------------------------------------
+
+
+def test_estimates_stay_within_15_percent_of_the_recorded_measured_peaks():
+    """bench/memory_reference.json holds the trainer's measured peaks for the validation grid (bench --record)."""
+    sys.path.insert(0, str(REPO / "bench"))
+    try:
+        import memory_estimate as bench
+    finally:
+        sys.path.remove(str(REPO / "bench"))
+    recorded = bench.recorded_references()
+    assert len(recorded) >= 6
+    errors = {}
+    for case in bench.GRID:
+        if case.name in recorded:
+            errors[case.name] = bench.estimate(case).allocated / recorded[case.name] - 1
+    assert all(abs(e) <= 0.15 for e in errors.values()), errors
