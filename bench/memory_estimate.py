@@ -92,6 +92,16 @@ GRID: list[Case] = [
     Case(
         "small-gqa-zero3-4ranks-fake", SMALL, micro_batch_size=4, seq_len=128, world_size=4, fake=True, fused_adamw=True
     ),
+    Case(
+        "small-gqa-zero3-4ranks-accum2-fake",
+        SMALL,
+        micro_batch_size=4,
+        seq_len=128,
+        world_size=4,
+        accumulation=2,
+        fake=True,
+        fused_adamw=True,
+    ),
     Case("llama-1b-fsdp-bf16-fake", PRESETS["llama-1b"], micro_batch_size=1, seq_len=2048, fake=True, fused_adamw=True),
     Case(
         "llama-1b-zero3-8ranks-fake",

@@ -176,7 +176,10 @@ def estimate_memory(
     lower_bound: bool = False,
     notes: tuple[str, ...] = (),
 ) -> MemoryEstimate:
-    """Peak bytes of one rank of the trainer for this shape and layout; the max of the backward and optimizer phases.
+    """One rank's peak for this shape and layout: the largest of three moments of a steady-state step.
+
+    (A) backward begins or runs through a block: every saved activation, the loss's fp32 tensors; (B) backward
+    ends: every gradient, reduce buffers in flight; (C) the optimizer step. Components are reported for the winner.
 
     `device_type` selects the kernels and what the trainer builds there: 'cuda' fused RMSNorm, flash/efficient
     attention, fused AdamW (no temporaries) and a CUDA context; 'cpu' composite RMSNorm, CPU flash attention,

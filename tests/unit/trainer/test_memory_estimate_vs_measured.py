@@ -44,3 +44,21 @@ def test_the_grid_covers_what_the_issue_asks_for():
     assert {c.activation_checkpointing for c in grid} == {"none", "selective", "full"}
     assert any(c.accumulation > 1 for c in grid) and any(c.world_size > 1 for c in grid)
     assert any(c.shape.n_kv_heads < c.shape.n_heads for c in grid)  # GQA
+
+
+def test_trainer_hook_logs_the_estimate_beside_the_measured_peak():
+    """What train.py would log after step 2: estimate, measurement, error, the one-line breakdown."""
+    from llmtrain_trainer.config import TrainerConfig
+    from llmtrain_trainer.memory_check import memory_record, run_estimate
+    from llmtrain_trainer.model import resolve_model_args
+    from llmtrain_trainer.parallelize import parallel_dims
+
+    cfg = TrainerConfig.model_validate(
+        {"model": {"preset": "tiny"}, "training": {"steps": 2, "globalBatchSize": 8, "microBatchSize": 2}}
+    )
+    dims = parallel_dims(cfg.parallelism, world_size=2, local_world_size=2)
+    args = resolve_model_args(cfg.model, seq_len=cfg.data.seq_len, tokenizer_vocab=None)
+    est = run_estimate(cfg, args, dims, accum=2, device_type="cuda")
+    record = memory_record(est, measured=est.allocated * 2)
+    assert record["error_pct"] == -50.0 and record["estimate"].startswith("peak ")
+    assert "measured_gib" not in memory_record(est, measured=None)
