@@ -5,9 +5,13 @@ the caller passes it (an operator setting, or the node's `nvidia.com/gpu.memory`
 in MiB). The estimate is validated to within 15% of measured peaks, so a job is refused only when even 85% of the
 estimate exceeds the GPU ("cannot fit"); above the budget but within that margin it only warns ("may not fit").
 
-Hook (not wired here, validate.py is shared): in `validate.validate_spec`, when the GPU memory is known,
-    errors += memory_errors(spec, gpu_memory_bytes)
-and emit `memory_warning(spec, gpu_memory_bytes)` as a Warning event when it returns text.
+Hook (not wired here: reconcile.py and main.py are being changed by others): reconcile.reconcile() is pure, so the
+GPU memory comes from the operator's settings, e.g. `OperatorSettings.gpu_memory_bytes` set by main.py from
+`LLMTRAIN_GPU_MEMORY_GIB`; then, where reconcile() calls `validate_spec(spec)`:
+    errors = validate_spec(spec)
+    if not errors and settings.gpu_memory_bytes:
+        errors = memory_errors(spec, settings.gpu_memory_bytes)
+and, when `memory_warning(spec, settings.gpu_memory_bytes)` returns text, a Warning event on the job.
 """
 
 from __future__ import annotations
