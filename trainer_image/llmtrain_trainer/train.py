@@ -13,7 +13,6 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 from torch.distributed.tensor import DTensor
 from torch.distributed.tensor.parallel import loss_parallel as loss_parallel_ctx
 
@@ -21,6 +20,7 @@ from .checkpoint import Checkpointer, latest_checkpoint, rng_state, set_rng_stat
 from .config import ConfigError, TrainerConfig
 from .data import BatchSampler, load_tokens, tokenizer_vocab
 from .exit_codes import EXIT_OK, write_termination_message
+from .hf_checkpoint import fill_parameters
 from .log import RunLog
 from .metrics import Metrics, memory_stats, peak_flops
 from .model import Transformer, flops_per_token, initial_value, resolve_model_args, validate_model_args
@@ -103,15 +103,11 @@ def _steps_from_env(name: str) -> set[int]:
 def init_parameters(
     model: torch.nn.Module, shapes: dict[str, tuple[int, ...]], *, seed: int, n_layers: int, device: torch.device
 ) -> None:
-    """Fill (possibly sharded) parameters with their full initial values, one block at a time to bound memory."""
-    groups: dict[str, list[str]] = {}
-    for name in shapes:
-        parts = name.split(".")
-        groups.setdefault(".".join(parts[:2]) if parts[0] == "layers" else parts[0], []).append(name)
-    options = StateDictOptions(full_state_dict=True, strict=False)
-    for names in groups.values():
-        full = {n: initial_value(n, shapes[n], seed=seed, n_layers=n_layers, device=device) for n in names}
-        set_model_state_dict(model, full, options=options)
+    """Fill (possibly sharded) parameters with their full initial values, one parameter at a time: every rank
+    computes the full value and copies its own shard, with no collective. Unlike set_model_state_dict (whose
+    distribute_tensor asserts on _StridedShard), this works for uneven FSDP x TP layouts such as 3 x 2."""
+    del shapes  # the parameters' own (global) shapes are the same
+    fill_parameters(model, lambda name, shape: initial_value(name, shape, seed=seed, n_layers=n_layers, device=device))
 
 
 def _memory_gib() -> float:
