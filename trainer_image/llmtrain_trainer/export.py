@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import sys
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -88,7 +89,9 @@ def checkpoint_tensors(checkpoint: str | os.PathLike, args) -> Iterator[tuple[st
         groups.setdefault(".".join(parts[:2]) if parts[0] == "layers" else parts[0], {})[name] = shape
     for shapes in groups.values():
         state = {"model": {name: torch.empty(shape, dtype=torch.float32) for name, shape in shapes.items()}}
-        dcp.load(state, checkpoint_id=str(checkpoint), no_dist=True)
+        with warnings.catch_warnings():  # "torch.distributed is disabled ...": one process is the intent
+            warnings.simplefilter("ignore", UserWarning)
+            dcp.load(state, checkpoint_id=str(checkpoint), no_dist=True)
         yield from state["model"].items()
         del state
 

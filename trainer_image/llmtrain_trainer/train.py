@@ -182,7 +182,12 @@ def train(cfg: TrainerConfig, rt: Runtime, stop: StopRequest) -> int:
     ckpt = None
     if cfg.checkpoint.dir:
         ckpt = Checkpointer(
-            cfg.checkpoint.dir, keep=cfg.checkpoint.keep, async_save=cfg.checkpoint.async_save, rank=rt.rank, log=log
+            cfg.checkpoint.dir,
+            keep=cfg.checkpoint.keep,
+            async_save=cfg.checkpoint.async_save,
+            rank=rt.rank,
+            log=log,
+            model_args=args,  # model-args.json in each step: `python -m llmtrain_trainer export` reads it
         )
         state = ckpt.load_latest(model, optimizer)
         if state is not None:
