@@ -505,6 +505,8 @@ class SafetensorsWriter:
     def close(self) -> list[Path]:
         if self.pending or not self.shards:
             self._flush()
+        for stale in self.out.glob("model-*-of-*.safetensors"):  # an earlier export into the same directory
+            stale.unlink()
         if len(self.shards) == 1:
             final = self.out / SINGLE_FILE
             self.shards[0][0].replace(final)

@@ -77,6 +77,7 @@ def test_export_loads_in_transformers_with_our_logits_and_generates(tiny_args, t
 
 def test_sharded_export_loads(tiny_args, tmp_path):
     model = our_model(tiny_args)
+    save_hf_model(model, tmp_path, dtype=torch.float32)  # first a single file, then shards over it
     save_hf_model(model, tmp_path, dtype=torch.float32, max_shard_bytes=30_000)
     index = json.loads((tmp_path / INDEX_FILE).read_text())
     files = sorted(set(index["weight_map"].values()))
@@ -87,6 +88,9 @@ def test_sharded_export_loads(tiny_args, tmp_path):
     back = Transformer(load_hf_model_args(tmp_path))
     load_hf_weights(back, tmp_path)
     assert torch.equal(ours(back), ours(model))
+    # and back to a single file: no shard of the earlier export is left behind
+    save_hf_model(model, tmp_path, dtype=torch.float32)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "generation_config.json", SINGLE_FILE]
 
 
 def test_tied_embeddings_round_trip(tiny_args, tmp_path):
@@ -149,9 +153,10 @@ def test_the_tokenizer_is_copied_and_names_bos_and_eos(tiny_args, tmp_path):
         save_hf_model(our_model(tiny_args), tmp_path / "again", tokenizer=tmp_path / "nowhere")
 
 
-@pytest.mark.parametrize("layout", ["fsdp2", "tp2"])
+@pytest.mark.parametrize("layout", ["fsdp2", "tp2", "ddp"])
 def test_a_live_parallel_model_exports_what_it_computes(tmp_path, layout):
-    """Every rank gathers one parameter at a time; rank 0 writes (max_shard_bytes small: shards too)."""
+    """Every rank gathers one parameter at a time; rank 0 writes (max_shard_bytes small: shards too). DDP: the
+    wrapper's `module.` prefix is dropped."""
     out = tmp_path / "export"
     result = run_scenario("export", layout, tmp_path, args=TINY_ARGS, export=str(out), max_shard_bytes=50_000)
     assert (out / INDEX_FILE).is_file()

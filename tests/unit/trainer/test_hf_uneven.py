@@ -12,11 +12,15 @@ from trainer_runs import BASE_CONFIG, merged, run_trainer
 STEPS = 3
 
 
-def test_hf_import_into_fsdp3_x_tp2_gives_transformers_logits(tmp_path):
-    pytest.importorskip("transformers")
+def test_hf_import_into_fsdp3_x_tp2_and_export_back_give_transformers_logits(tmp_path):
+    transformers = pytest.importorskip("transformers")
     hf = tiny_hf_model(tmp_path / "hf")
-    result = run_scenario("import", "fsdp3_tp2", tmp_path, hf=str(tmp_path / "hf"))
-    assert (result["logits"] - hf_logits(hf)).abs().max().item() <= LOGITS_ATOL
+    out = tmp_path / "export"
+    result = run_scenario("export", "fsdp3_tp2", tmp_path, hf=str(tmp_path / "hf"), export=str(out))
+    expected = hf_logits(hf)
+    assert (result["logits"] - expected).abs().max().item() <= LOGITS_ATOL
+    exported = transformers.LlamaForCausalLM.from_pretrained(out).eval()
+    assert (hf_logits(exported) - expected).abs().max().item() <= LOGITS_ATOL
 
 
 def test_the_trainer_initialises_and_trains_fsdp3_x_tp2_like_one_process(tmp_path):
