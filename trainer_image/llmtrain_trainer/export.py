@@ -133,11 +133,14 @@ def _tokenizer_from_config(config: str | os.PathLike | None) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="llmtrain_trainer export", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="llmtrain_trainer export",
+        description="Convert a checkpoint step directory of ours into a Hugging Face Llama directory.",
+    )
     parser.add_argument("--checkpoint", required=True, help="a complete checkpoint's step directory (step-N)")
     parser.add_argument("--out", required=True, help="the Hugging Face directory to write")
     parser.add_argument("--config", help="the TrainerConfig JSON of the run (when the step has no model-args.json)")
-    parser.add_argument("--dtype", default="bfloat16", help="float32, bfloat16 (default) or float16")
+    parser.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--max-shard-size", type=int, default=None, help="bytes per .safetensors file (5e9)")
     parser.add_argument("--tokenizer", help="HF tokenizer directory or tokenizer.json to copy (default: the "
                         "config's data.tokenizer when it is hf:<path>)")  # fmt: skip
