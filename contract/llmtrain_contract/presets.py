@@ -17,6 +17,20 @@ if TYPE_CHECKING:
 
 
 @dataclass(frozen=True)
+class RopeScaling:
+    """Llama 3.1's frequency-dependent RoPE scaling (Hugging Face `rope_scaling` with rope_type "llama3").
+
+    Low frequencies (wavelength above original_max_position_embeddings / low_freq_factor) are divided by
+    factor, high ones (wavelength below original / high_freq_factor) kept, and those between interpolated.
+    """
+
+    factor: float
+    low_freq_factor: float
+    high_freq_factor: float
+    original_max_position_embeddings: int
+
+
+@dataclass(frozen=True)
 class ModelShape:
     """A Llama-style decoder's full shape: what the trainer's model is built from."""
 
@@ -30,6 +44,7 @@ class ModelShape:
     tie_embeddings: bool = False
     rope_theta: float = 10000.0
     norm_eps: float = 1e-5
+    rope_scaling: RopeScaling | None = None  # None: plain RoPE
 
     @property
     def head_dim(self) -> int:

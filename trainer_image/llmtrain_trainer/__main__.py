@@ -1,5 +1,8 @@
 """`python -m llmtrain_trainer --config cfg.json`, alone or under torchrun.
 
+`python -m llmtrain_trainer export --checkpoint DIR --out DIR [--config cfg.json]` converts a checkpoint into a
+Hugging Face Llama directory instead (see export.py).
+
 The config is validated before torch is imported, so a bad config fails in well under a second with one line
 naming the field, exit code 78 and a termination message the operator reads. Exit codes: 0 done, 78 bad config,
 79 diverged (both permanent), 143 stopped by SIGTERM after saving a checkpoint, anything else transient.
@@ -21,6 +24,11 @@ def _fail(code: int, message: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["export"]:
+        from .export import main as export_main
+
+        return export_main(argv[1:])
     parser = argparse.ArgumentParser(prog="llmtrain_trainer", description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=True, help="path to the TrainerConfig JSON")
     args = parser.parse_args(argv)

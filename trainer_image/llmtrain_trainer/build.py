@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
-from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 from torch.distributed.device_mesh import DeviceMesh
 
 from .checkpoint import Checkpointer, rng_state, set_rng_state
@@ -21,6 +20,7 @@ from .config import ConfigError, TrainerConfig
 from .data import BatchSampler, load_tokens, tokenizer_vocab
 from .distributed import Runtime, StopRequest
 from .evaluate import EvalSampler, eval_sampler_for
+from .hf_checkpoint import fill_parameters
 from .log import RunLog
 from .metrics import Metrics, peak_flops
 from .model import ModelArgs, Transformer, flops_per_token, initial_value, resolve_model_args, validate_model_args
@@ -113,7 +113,7 @@ def build_trainer(cfg: TrainerConfig, runtime: Runtime, stop: StopRequest) -> Tr
         flops_per_token=flops_per_token(args, cfg.data.seq_len),
         peak_flops=device_peak_flops(runtime.device, cfg.metrics.peak_flops),
         metrics=build_metrics(cfg, runtime),
-        checkpointer=build_checkpointer(cfg, runtime, log),
+        checkpointer=build_checkpointer(cfg, runtime, log, args),
         eval_sampler=eval_sampler,
     )
     if trainer.checkpointer is not None:
@@ -194,15 +194,11 @@ def build_model(
 def init_parameters(
     model: nn.Module, shapes: dict[str, tuple[int, ...]], *, seed: int, n_layers: int, device: torch.device
 ) -> None:
-    """Fill (possibly sharded) parameters with their full initial values, one block at a time to bound memory."""
-    groups: dict[str, list[str]] = {}
-    for name in shapes:
-        parts = name.split(".")
-        groups.setdefault(".".join(parts[:2]) if parts[0] == "layers" else parts[0], []).append(name)
-    options = StateDictOptions(full_state_dict=True, strict=False)
-    for names in groups.values():
-        full = {name: initial_value(name, shapes[name], seed=seed, n_layers=n_layers, device=device) for name in names}
-        set_model_state_dict(model, full, options=options)
+    """Fill (possibly sharded) parameters with their full initial values, one parameter at a time: every rank
+    computes the full value and copies its own shard, with no collective. Unlike set_model_state_dict (whose
+    distribute_tensor asserts on _StridedShard), this works for uneven FSDP x TP layouts such as 3 x 2."""
+    del shapes  # the parameters' own (global) shapes are the same
+    fill_parameters(model, lambda name, shape: initial_value(name, shape, seed=seed, n_layers=n_layers, device=device))
 
 
 def device_peak_flops(device: torch.device, override: float | None) -> float | None:
@@ -221,13 +217,19 @@ def build_metrics(cfg: TrainerConfig, runtime: Runtime) -> Metrics:
     )
 
 
-def build_checkpointer(cfg: TrainerConfig, runtime: Runtime, log: RunLog) -> Checkpointer | None:
-    """None when checkpoint.dir is unset: the run then neither saves nor resumes."""
+def build_checkpointer(cfg: TrainerConfig, runtime: Runtime, log: RunLog, args: ModelArgs) -> Checkpointer | None:
+    """None when checkpoint.dir is unset: the run then neither saves nor resumes. Each step directory gets
+    model-args.json, which `python -m llmtrain_trainer export` reads."""
     checkpoint = cfg.checkpoint
     if not checkpoint.dir:
         return None
     return Checkpointer(
-        checkpoint.dir, keep=checkpoint.keep, async_save=checkpoint.async_save, rank=runtime.rank, log=log
+        checkpoint.dir,
+        keep=checkpoint.keep,
+        async_save=checkpoint.async_save,
+        rank=runtime.rank,
+        log=log,
+        model_args=args,
     )
 
 

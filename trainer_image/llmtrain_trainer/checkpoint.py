@@ -5,6 +5,7 @@ Layout under checkpoint.dir (a directory every rank can write: shared storage fo
     step-00000100/              a complete checkpoint (only ever appears by an atomic rename)
       .metadata, __0_0.distcp…  DCP: model and optimizer, sharded, loadable on another number of ranks
       trainer-rank00000.pt      per rank: step, data position, loss scaler, RNG states
+      model-args.json           the model's shape (ModelArgs), when the trainer passes it: offline export reads it
       .complete                 written by rank 0 once every rank has finished, just before the rename
     step-00000200.tmp/          a save in progress (or one a crash interrupted): never loaded, removed at start
 
@@ -94,8 +95,9 @@ class PendingSave:
 class Checkpointer:
     """Saves and loads the training state; all methods are collective (every rank calls them in step)."""
 
-    def __init__(self, root: str, *, keep: int, async_save: bool, rank: int, log):
+    def __init__(self, root: str, *, keep: int, async_save: bool, rank: int, log, model_args=None):
         self.root = Path(root)
+        self.model_args = model_args  # a ModelArgs written into each step directory by rank 0
         self.keep = keep
         self.async_save = async_save
         self.rank = rank
@@ -119,6 +121,10 @@ class Checkpointer:
         state = {"model": model_sd, "optim": optim_sd}
         tmp.mkdir(parents=True, exist_ok=True)
         torch.save(trainer_state, tmp / f"trainer-rank{self.rank:05d}.pt")
+        if self.model_args is not None and self.rank == 0:
+            from .hf_checkpoint import write_model_args
+
+            write_model_args(tmp, self.model_args)
         if self.async_save and not force_sync:
             future = dcp.async_save(state, checkpoint_id=str(tmp), process_group=self._async_group)
             self.pending = PendingSave(step, tmp, future, started)

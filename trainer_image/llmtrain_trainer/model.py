@@ -12,7 +12,7 @@ import zlib
 
 import torch
 import torch.nn.functional as F
-from llmtrain_contract.presets import ModelShape, resolve_shape
+from llmtrain_contract.presets import ModelShape, RopeScaling, resolve_shape
 from llmtrain_contract.rules import shape_problems
 from torch import nn
 
@@ -20,6 +20,7 @@ from .config import ModelConfig
 
 # The shape is the contract's (the operator checks it too); the model only builds it.
 ModelArgs = ModelShape
+__all__ = ["ModelArgs", "RopeScaling"]
 
 
 def resolve_model_args(cfg: ModelConfig, *, seq_len: int, tokenizer_vocab: int | None) -> ModelArgs:
@@ -42,11 +43,33 @@ class RMSNorm(nn.Module):
         return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
 
 
-def rope_table(head_dim: int, max_seq_len: int, theta: float, device: torch.device | None = None) -> torch.Tensor:
-    """(max_seq_len, head_dim/2, 2) table of cos and sin of each position's rotation angles."""
+def rope_table(
+    head_dim: int,
+    max_seq_len: int,
+    theta: float,
+    device: torch.device | None = None,
+    scaling: RopeScaling | None = None,
+) -> torch.Tensor:
+    """(max_seq_len, head_dim/2, 2) fp32 table of cos and sin of each position's rotation angles."""
     inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim))
+    if scaling is not None:
+        inv_freq = _llama3_scaled(inv_freq, scaling)
     angles = torch.outer(torch.arange(max_seq_len, device=device, dtype=torch.float32), inv_freq)
     return torch.stack((angles.cos(), angles.sin()), dim=-1)
+
+
+def _llama3_scaled(inv_freq: torch.Tensor, s: RopeScaling) -> torch.Tensor:
+    """Llama 3.1's scaling of the inverse frequencies (the same formula as transformers' "llama3" rope_type)."""
+    low_freq_wavelen = s.original_max_position_embeddings / s.low_freq_factor
+    high_freq_wavelen = s.original_max_position_embeddings / s.high_freq_factor
+    wavelen = 2 * math.pi / inv_freq
+    scaled = torch.where(wavelen > low_freq_wavelen, inv_freq / s.factor, inv_freq)
+    smooth = (s.original_max_position_embeddings / wavelen - s.low_freq_factor) / (
+        s.high_freq_factor - s.low_freq_factor
+    )
+    smoothed = (1 - smooth) * scaled / s.factor + smooth * scaled
+    medium = ~(wavelen < high_freq_wavelen) & ~(wavelen > low_freq_wavelen)
+    return torch.where(medium, smoothed, scaled)
 
 
 def apply_rope(x: torch.Tensor, rope: torch.Tensor) -> torch.Tensor:
@@ -59,22 +82,31 @@ def apply_rope(x: torch.Tensor, rope: torch.Tensor) -> torch.Tensor:
     return out.type_as(x)
 
 
+def _rope_for(args: ModelArgs, device: torch.device | None = None) -> torch.Tensor:
+    return rope_table(args.head_dim, args.max_seq_len, args.rope_theta, device=device, scaling=args.rope_scaling)
+
+
 class Attention(nn.Module):
+    """Self-attention. The RoPE table is a non-persistent buffer of this module, not a forward argument: FSDP2's
+    MixedPrecisionPolicy casts floating-point forward inputs to bf16/fp16 (cos/sin errors up to ~2e-3) but never
+    buffers, so the table stays fp32 under every layout. Every block shares one tensor (see init_buffers)."""
+
     def __init__(self, args: ModelArgs):
         super().__init__()
         self.head_dim = args.head_dim
+        self.register_buffer("rope", _rope_for(args), persistent=False)
         self.wq = nn.Linear(args.dim, args.n_heads * args.head_dim, bias=False)
         self.wk = nn.Linear(args.dim, args.n_kv_heads * args.head_dim, bias=False)
         self.wv = nn.Linear(args.dim, args.n_kv_heads * args.head_dim, bias=False)
         self.wo = nn.Linear(args.n_heads * args.head_dim, args.dim, bias=False)
 
-    def forward(self, x: torch.Tensor, rope: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         bsz, seq, _ = x.shape
         # -1 heads: under tensor parallelism each rank holds only its share of the heads.
         q = self.wq(x).view(bsz, seq, -1, self.head_dim)
         k = self.wk(x).view(bsz, seq, -1, self.head_dim)
         v = self.wv(x).view(bsz, seq, -1, self.head_dim)
-        q, k = apply_rope(q, rope), apply_rope(k, rope)
+        q, k = apply_rope(q, self.rope), apply_rope(k, self.rope)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))
         n_rep = q.shape[1] // k.shape[1]
         if n_rep > 1:  # grouped-query attention: each kv head serves n_rep query heads
@@ -103,8 +135,8 @@ class Block(nn.Module):
         self.ffn_norm = RMSNorm(args.dim, args.norm_eps)
         self.feed_forward = FeedForward(args)
 
-    def forward(self, x: torch.Tensor, rope: torch.Tensor) -> torch.Tensor:
-        x = x + self.attention(self.attention_norm(x), rope)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attention(self.attention_norm(x))
         return x + self.feed_forward(self.ffn_norm(x))
 
 
@@ -119,18 +151,28 @@ class Transformer(nn.Module):
         self.output = nn.Linear(args.dim, args.vocab_size, bias=False)
         if args.tie_embeddings:
             self.output.weight = self.tok_embeddings.weight
-        self.register_buffer("rope", rope_table(args.head_dim, args.max_seq_len, args.rope_theta), persistent=False)
+        self.init_buffers(None)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         h = self.tok_embeddings(tokens)
         for block in self.layers.values():
-            h = block(h, self.rope)
+            h = block(h)
         return self.output(self.norm(h))
 
-    def init_buffers(self, device: torch.device) -> None:
-        """Recompute the RoPE table after `to_empty` left it uninitialised."""
-        a = self.args
-        self.rope = rope_table(a.head_dim, a.max_seq_len, a.rope_theta, device=device)
+    def init_buffers(self, device: torch.device | None) -> None:
+        """(Re)compute the fp32 RoPE table, e.g. after `to_empty` left it uninitialised; one tensor for all blocks.
+
+        Works through wrappers (activation checkpointing, torch.compile): it finds every Attention module.
+        """
+        table = _rope_for(self.args, device)
+        for module in self.modules():
+            if isinstance(module, Attention):
+                module.rope = table
+
+    @property
+    def rope(self) -> torch.Tensor:
+        """The shared RoPE table (every block's `attention.rope`)."""
+        return next(m.rope for m in self.modules() if isinstance(m, Attention))
 
     def init_weights(self, seed: int) -> None:
         """Initialise in place (single-device use); sharded models use `initial_value` per full parameter."""
