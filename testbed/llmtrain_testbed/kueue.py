@@ -32,8 +32,9 @@ NAMESPACE = "kueue-system"
 WEBHOOK_PORT = 19443
 HEALTH_PORT = 18081
 METRICS_PORT = 18443
-VISIBILITY_PORT = 18082
 QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+# Without Kueue's internal certificate management its metrics server reads this fixed path (cmd/kueue/main.go).
+METRICS_CERT_DIR = Path("/etc/kueue/metrics/certs")
 WEBHOOK_NAMES = {
     "MutatingWebhookConfiguration": "llmtrain-testbed-kueue-mutating",
     "ValidatingWebhookConfiguration": "llmtrain-testbed-kueue-validating",
@@ -60,7 +61,8 @@ def config(cert_dir: Path) -> dict[str, Any]:
         "internalCertManagement": {"enable": False},
         "manageJobsWithoutQueueName": False,
         "integrations": {"frameworks": ["pod"]},
-        "visibilityServer": {"bindAddress": "127.0.0.1", "bindPort": VISIBILITY_PORT},
+        # The on-demand visibility API is an aggregated API server with its own certificates: not needed here.
+        "featureGates": {"VisibilityOnDemand": False},
     }
 
 
@@ -149,12 +151,13 @@ def up(timeout: float = 180.0) -> None:
     cert_dir = state / "kueue" / "certs"
     cert_dir.mkdir(parents=True, exist_ok=True)
     crt, key = pki.ensure_server_cert(certs, "kueue-webhook", ips=("127.0.0.1",), dns=("localhost",))
-    (cert_dir / "tls.crt").write_bytes(crt.read_bytes())
-    (cert_dir / "tls.key").write_bytes(key.read_bytes())
+    for directory in (cert_dir, METRICS_CERT_DIR):
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "tls.crt").write_bytes(crt.read_bytes())
+        (directory / "tls.key").write_bytes(key.read_bytes())
     config_file = state / "kueue" / "config.yaml"
     config_file.write_text(yaml.safe_dump(config(cert_dir), sort_keys=False))
     argv = [str(binary), f"--config={config_file}", f"--kubeconfig={cluster.admin_kubeconfig()}", "--zap-log-level=2"]
-    argv.append(f"--visibility-server-port={VISIBILITY_PORT}")
     _ensure_manager(state, argv, time.monotonic() + timeout)
     manifests = list(yaml.safe_load_all((source / "webhook.yaml").read_text()))
     _apply(webhook_configurations([m for m in manifests if m], certs.ca_crt.read_bytes()))
@@ -167,7 +170,7 @@ def _ensure_manager(state: Path, argv: list[str], deadline: float) -> None:
     if tracked is None or not tracked.alive() or tracked.argv != argv:
         if tracked is not None and tracked.alive():
             processes.stop(state, NAME)
-        for port in (WEBHOOK_PORT, HEALTH_PORT, METRICS_PORT, VISIBILITY_PORT):
+        for port in (WEBHOOK_PORT, HEALTH_PORT, METRICS_PORT):
             processes.ensure_port_free(port, NAME, "127.0.0.1")
         log.info("starting kueue manager")
         processes.start(state, NAME, argv)
