@@ -148,6 +148,13 @@ def test_custom_pod_image_working_dir_and_the_rest_of_the_pod_as_for_the_built_i
     assert ports == {"rdzv", "metrics"}
 
 
+def test_kueue_and_scheduling_apply_to_custom_pods_as_to_built_in_ones():
+    scheduled = spec(scheduling={"queueName": "team-a", "priorityClassName": "high"}, runPolicy={"suspend": True})
+    pod_manifest = build_pod(JOB, scheduled, 0, 0, "img")
+    assert pod_manifest["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-a"
+    assert pod_manifest["spec"]["priorityClassName"] == "high"
+
+
 def test_custom_job_config_map_holds_what_the_operator_resolved_not_a_trainer_config():
     data = build_config_map(JOB, spec())["data"]
     assert set(data) == {"job.json"}
