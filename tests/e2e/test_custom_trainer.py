@@ -62,9 +62,13 @@ def pod_logs(cluster: Cluster, namespace: str, name: str) -> str:
 
 
 def get_ltj_row(cluster: Cluster, namespace: str, name: str) -> dict[str, str]:
-    """`kubectl get ltj <name>` as {column: value}: what a user sees."""
-    header, row = cluster.kubectl("get", "ltj", name, "-n", namespace).stdout.strip().splitlines()[:2]
-    return dict(zip(header.split(), row.split(), strict=False))
+    """`kubectl get ltj <name>` as {column: value}: what a user sees (cut at the header's column starts, so an empty
+    cell stays empty instead of shifting the next value under its name)."""
+    header, row = cluster.kubectl("get", "ltj", name, "-n", namespace).stdout.rstrip().splitlines()[:2]
+    starts = [m.start() for m in re.finditer(r"\S+", header)]
+    names = header.split()
+    ends = [*starts[1:], None]
+    return {col: row[start:end].strip() for col, start, end in zip(names, starts, ends, strict=True)}
 
 
 def kill_one_script_worker(cluster: Cluster, namespace: str, job_name: str, script: str) -> None:
