@@ -15,7 +15,8 @@ Problem = tuple[str, str]
 
 # CEL forms, attached to the CRD by the API models.
 CEL_WARMUP_BELOW_STEPS: dict[str, str] = {
-    "rule": "self.schedule.warmupSteps == 0 || self.schedule.warmupSteps < self.training.steps",
+    "rule": "!has(self.schedule) || !has(self.training) || self.schedule.warmupSteps == 0 "
+    "|| self.schedule.warmupSteps < self.training.steps",
     "message": "schedule.warmupSteps must be smaller than training.steps",
     "fieldPath": ".schedule.warmupSteps",
 }

@@ -23,7 +23,7 @@ from llmtrain_contract.sections import (
     ScheduleSection,
     TrainingSection,
 )
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
 from .constants import MAX_NODES
@@ -32,6 +32,9 @@ from .constants import MAX_NODES
 INT_OR_STRING = {"x-kubernetes-int-or-string": True}
 PRESERVE_UNKNOWN = {"x-kubernetes-preserve-unknown-fields": True}
 IMMUTABLE = {"x-kubernetes-validations": [{"rule": "self == oldSelf", "message": "is immutable once the job exists"}]}
+# A built-in trainer section: crdgen gives it no server-side default, so `has(self.<field>)` in CEL means "the user
+# wrote it" (a custom-trainer job must not). The operator still applies the defaults when it parses the spec.
+BUILTIN = {"x-llmtrain-builtin": True}
 
 Quantity = Annotated[int | str, Field(json_schema_extra=INT_OR_STRING)]
 K8sObject = Annotated[dict[str, Any], Field(json_schema_extra=PRESERVE_UNKNOWN)]
@@ -159,8 +162,40 @@ class PodTemplateSpec(_Model):
     service_account_name: str | None = Field(None, description="ServiceAccount of the node pods.")
 
 
+class CustomTrainerSpec(_Model):
+    """Your own training script instead of the built-in trainer: every node pod runs `command` + `args` under
+    torchrun (one process per procsPerNode), with the same Service, DNS, rendezvous and environment (RANK,
+    LOCAL_RANK, WORLD_SIZE, MASTER_ADDR/PORT, PET_*) as the built-in trainer. See docs/custom-trainer.md."""
+
+    model_config = ConfigDict(
+        json_schema_extra=cel(
+            {
+                "rule": "self.command[0] != 'torchrun' && self.command[0] != 'deepspeed'",
+                "message": "trainer.command is the worker's command (e.g. [python, train.py]): the operator runs "
+                "torchrun itself",
+                "fieldPath": ".command",
+            }
+        )
+    )
+
+    image: str | None = Field(
+        None, description="Image with the script and its dependencies (python and torch); spec.image's when unset."
+    )
+    command: list[str] = Field(
+        min_length=1,
+        description="What each worker runs, e.g. [python, /workspace/train.py]; torchrun starts it procsPerNode "
+        "times per pod (torchrun --no-python).",
+    )
+    args: list[str] = Field(default_factory=list, description="Arguments appended to command.")
+    env: list[K8sObject] = Field(
+        default_factory=list, description="Environment variables (core/v1 EnvVar) for the script."
+    )
+    working_dir: str | None = Field(None, description="Working directory of the script (the image's when unset).")
+
+
 _TP_DIVIDES_PROCS = {
-    "rule": "type(self.procsPerNode) != int || self.procsPerNode % self.parallelism.tensorParallel == 0",
+    "rule": "type(self.procsPerNode) != int || !has(self.parallelism) "
+    "|| self.procsPerNode % self.parallelism.tensorParallel == 0",
     "message": "parallelism.tensorParallel must divide procsPerNode",
     "fieldPath": ".parallelism.tensorParallel",
 }
@@ -169,6 +204,57 @@ _METRICS_ENDPOINT = {
     "message": "metrics.port must be a port number: the operator reads progress from it",
     "fieldPath": ".metrics.port",
 }
+# The built-in trainer's sections: none may be set on a job with `trainer` (each rule names its field).
+BUILTIN_FIELDS = (
+    "model",
+    "data",
+    "parallelism",
+    "precision",
+    "optimizer",
+    "schedule",
+    "training",
+    "logging",
+    "evaluation",
+)
+_BUILTIN_ONLY = [
+    {
+        "rule": f"!has(self.trainer) || !has(self.{field})",
+        "message": f"{field} is a built-in trainer field: remove it from a job with trainer (or remove trainer)",
+        "fieldPath": f".{field}",
+    }
+    for field in BUILTIN_FIELDS
+] + [
+    {
+        "rule": "!has(self.trainer) || !has(self.metrics) || !has(self.metrics.peakFlops)",
+        "message": "metrics.peakFlops is a built-in trainer field: remove it from a job with trainer",
+        "fieldPath": ".metrics.peakFlops",
+    },
+    {
+        "rule": "!has(self.trainer) || !has(self.image) || !has(self.trainer.image)",
+        "message": "set the image once: trainer.image (or image), not both",
+        "fieldPath": ".trainer.image",
+    },
+]
+_BUILTIN_REQUIRED = [
+    {
+        "rule": f"has(self.trainer) || has(self.{field})",
+        "message": f"{field} is required (or set trainer to run your own script)",
+        "fieldPath": f".{field}",
+    }
+    for field in ("model", "training")
+]
+_TRANSITIONS = [
+    {
+        "rule": "has(self.trainer) == has(oldSelf.trainer)",
+        "message": "trainer cannot be added or removed once the job exists",
+        "fieldPath": ".trainer",
+    },
+    {
+        "rule": "has(self.parallelism) == has(oldSelf.parallelism)",
+        "message": "parallelism is immutable once the job exists",
+        "fieldPath": ".parallelism",
+    },
+]
 _PROCS_AUTO_OR_POSITIVE = {
     "rule": "type(self) == int ? self >= 1 : self == 'auto'",
     "message": "procsPerNode must be 'auto' or an integer >= 1",
@@ -178,9 +264,22 @@ _PROCS_AUTO_OR_POSITIVE = {
 class LLMTrainingJobSpec(_Model):
     """Desired state of an LLMTrainingJob: one torchrun gang of `nodes` pods training one model."""
 
-    model_config = ConfigDict(json_schema_extra=cel(_TP_DIVIDES_PROCS, CEL_WARMUP_BELOW_STEPS, _METRICS_ENDPOINT))
+    model_config = ConfigDict(
+        json_schema_extra=cel(
+            _TP_DIVIDES_PROCS,
+            CEL_WARMUP_BELOW_STEPS,
+            _METRICS_ENDPOINT,
+            *_BUILTIN_ONLY,
+            *_BUILTIN_REQUIRED,
+            *_TRANSITIONS,
+        )
+    )
 
-    image: str | None = Field(None, description="Trainer image; the operator's --trainer-image when unset.")
+    image: str | None = Field(
+        None,
+        description="Trainer image (a custom trainer's too, unless trainer.image is set); the operator's "
+        "--trainer-image when unset.",
+    )
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = Field(
         "IfNotPresent", description="Pull policy of the trainer image."
     )
@@ -194,24 +293,58 @@ class LLMTrainingJobSpec(_Model):
     resources: ResourceRequirements = Field(
         default_factory=ResourceRequirements, description=ResourceRequirements.__doc__
     )
-    model: ModelSection = Field(description=ModelSection.__doc__, json_schema_extra=IMMUTABLE)
-    data: DataSection = Field(default_factory=DataSection, description=DataSection.__doc__)
+    trainer: CustomTrainerSpec | None = Field(
+        None,
+        description=f"{' '.join((CustomTrainerSpec.__doc__ or '').split())} With trainer set, the built-in "
+        f"sections ({', '.join(BUILTIN_FIELDS)}) must be absent. Cannot be added or removed later.",
+    )
+    model: ModelSection | None = Field(
+        None, description=f"{ModelSection.__doc__} Required for the built-in trainer.", json_schema_extra=IMMUTABLE
+    )
+    data: DataSection = Field(default_factory=DataSection, description=DataSection.__doc__, json_schema_extra=BUILTIN)
     parallelism: ParallelismSection = Field(
         default_factory=ParallelismSection,
         description=f"{ParallelismSection.__doc__} Immutable: checkpoints are laid out for one choice.",
-        json_schema_extra=IMMUTABLE,
+        json_schema_extra={**IMMUTABLE, **BUILTIN},
     )
-    precision: Precision = Field("bf16", description="Training precision (mixed for bf16/fp16).")
-    optimizer: OptimizerSection = Field(default_factory=OptimizerSection, description=OptimizerSection.__doc__)
-    schedule: ScheduleSection = Field(default_factory=ScheduleSection, description=ScheduleSection.__doc__)
-    training: TrainingSection = Field(description=TrainingSection.__doc__)
+    precision: Precision = Field(
+        "bf16", description="Training precision (mixed for bf16/fp16); bf16 when unset.", json_schema_extra=BUILTIN
+    )
+    optimizer: OptimizerSection = Field(
+        default_factory=OptimizerSection, description=OptimizerSection.__doc__, json_schema_extra=BUILTIN
+    )
+    schedule: ScheduleSection = Field(
+        default_factory=ScheduleSection, description=ScheduleSection.__doc__, json_schema_extra=BUILTIN
+    )
+    training: TrainingSection | None = Field(
+        None, description=f"{TrainingSection.__doc__} Required for the built-in trainer."
+    )
     checkpoint: CheckpointSpec | None = Field(None, description=CheckpointSpec.__doc__)
     metrics: MetricsSection = Field(default_factory=MetricsSection, description=MetricsSection.__doc__)
-    logging: LoggingSection = Field(default_factory=LoggingSection, description=LoggingSection.__doc__)
-    evaluation: EvaluationSection | None = Field(None, description=EvaluationSection.__doc__)
+    logging: LoggingSection = Field(
+        default_factory=LoggingSection, description=LoggingSection.__doc__, json_schema_extra=BUILTIN
+    )
+    evaluation: EvaluationSection | None = Field(None, description=EvaluationSection.__doc__, json_schema_extra=BUILTIN)
     run_policy: RunPolicy = Field(default_factory=RunPolicy, description=RunPolicy.__doc__)
     scheduling: SchedulingSpec = Field(default_factory=SchedulingSpec, description=SchedulingSpec.__doc__)
     pod_template: PodTemplateSpec = Field(default_factory=PodTemplateSpec, description=PodTemplateSpec.__doc__)
+
+    @model_validator(mode="after")
+    def _one_trainer(self) -> LLMTrainingJobSpec:
+        """The CEL rules above, in Python (the operator also parses specs an old CRD let through)."""
+        if self.trainer is not None:
+            mixed = [to_camel(name) for name in BUILTIN_FIELDS if name in self.model_fields_set]
+            if mixed:
+                raise ValueError(f"{', '.join(mixed)}: built-in trainer field(s) set on a job with trainer")
+        else:
+            missing = [name for name in ("model", "training") if getattr(self, name) is None]
+            if missing:
+                raise ValueError(f"{', '.join(missing)}: required (or set trainer to run your own script)")
+        return self
+
+    @property
+    def custom(self) -> bool:
+        return self.trainer is not None
 
 
 Phase = Literal["Pending", "Running", "Restarting", "Succeeded", "Failed", "Suspended"]

@@ -37,6 +37,7 @@ from .constants import (
     rendezvous_host,
     service_name,
 )
+from .custom_trainer import custom_command, custom_env, custom_job_file
 from .grace import termination_grace_seconds
 from .trainer_config import render_trainer_config
 from .validate import gpu_count, pod_template_conflicts, procs_per_node
@@ -80,13 +81,14 @@ def _metadata(job: JobRef, name: str, labels: dict[str, str] | None = None) -> d
 
 
 def build_config_map(job: JobRef, spec: LLMTrainingJobSpec) -> dict[str, Any]:
-    """The trainer config (TrainerConfig JSON) the pods mount at /etc/llmtrain/config.json."""
-    config = render_trainer_config(job.name, spec)
+    """The trainer config (TrainerConfig JSON) the pods mount at /etc/llmtrain/config.json (a custom trainer's job
+    gets only a job.json saying what the operator resolved)."""
+    data = custom_job_file(job, spec) if spec.custom else {CONFIG_FILE: render_trainer_config(job.name, spec).to_json()}
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": _metadata(job, config_map_name(job.name)),
-        "data": {CONFIG_FILE: config.to_json()},
+        "data": data,
     }
 
 
@@ -113,9 +115,22 @@ def master_addr(job: JobRef) -> str:
 
 
 def torchrun_command(job: JobRef, spec: LLMTrainingJobSpec, rank: int) -> list[str]:
-    """The explicit launcher command (the process kubelet and real images both need one)."""
+    """The explicit launcher command (the process kubelet and real images both need one); a custom trainer's
+    command runs under the same torchrun options."""
+    if spec.custom:
+        return custom_command(torchrun_options(job, spec, rank), spec)
     return [
         "torchrun",
+        *torchrun_options(job, spec, rank),
+        "-m",
+        "llmtrain_trainer",
+        "--config",
+        f"{CONFIG_DIR}/{CONFIG_FILE}",
+    ]
+
+
+def torchrun_options(job: JobRef, spec: LLMTrainingJobSpec, rank: int) -> list[str]:
+    return [
         f"--nnodes={spec.nodes}",
         f"--nproc-per-node={procs_per_node(spec)}",
         f"--node-rank={rank}",
@@ -124,10 +139,6 @@ def torchrun_command(job: JobRef, spec: LLMTrainingJobSpec, rank: int) -> list[s
         f"--rdzv-id={job.uid}",
         # Started pods wait this long for the rest of the gang (which may still be waiting for capacity).
         f"--rdzv-conf=join_timeout={spec.run_policy.rendezvous_timeout_seconds}",
-        "-m",
-        "llmtrain_trainer",
-        "--config",
-        f"{CONFIG_DIR}/{CONFIG_FILE}",
     ]
 
 
@@ -178,6 +189,8 @@ def _env(job: JobRef, spec: LLMTrainingJobSpec, rank: int, attempt: int) -> list
         "LLMTRAIN_RESTART_ATTEMPT": attempt,
         TERMINATION_LOG_ENV: DEFAULT_TERMINATION_LOG,
     }
+    if spec.custom:
+        plain.update(custom_env(job, spec, master_addr(job)))
     env: list[dict[str, Any]] = [{"name": name, "value": str(value)} for name, value in plain.items()]
     env.append({"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}})
     return env
@@ -217,11 +230,16 @@ def build_pod(
         raise SpecError("; ".join(str(conflict) for conflict in conflicts))
     name = pod_name(job.name, rank)
     volumes, mounts = _volumes(job, spec)
+    custom = spec.trainer
+    image = (custom.image if custom else None) or spec.image or default_image
+    extra_env = [*(custom.env if custom else []), *spec.pod_template.env]
     trainer = {
-        **_trainer_container(spec, spec.image or default_image, mounts),
+        **_trainer_container(spec, image, mounts),
         "command": command or torchrun_command(job, spec, rank),
-        "env": _env(job, spec, rank, attempt) + [dict(env) for env in spec.pod_template.env],
+        "env": _env(job, spec, rank, attempt) + [dict(env) for env in extra_env],
     }
+    if custom and custom.working_dir:
+        trainer["workingDir"] = custom.working_dir
     pod_spec = _pod_spec(job, spec, name, trainer, volumes)
     if command is None and spec.nodes > 1:
         security = _container_security()

@@ -33,6 +33,7 @@ GPU_RESOURCE = "nvidia.com/gpu"
 
 CONFIG_DIR = "/etc/llmtrain"
 CONFIG_FILE = "config.json"
+CUSTOM_JOB_FILE = "job.json"  # a custom trainer's job: what the operator resolved, instead of a TrainerConfig
 CHECKPOINT_DIR = "/checkpoints"
 RUN_AS_USER = 1000
 
@@ -112,6 +113,13 @@ OWNED_ENV = frozenset(
         "LLMTRAIN_JOB_NAME",
         "LLMTRAIN_BACKEND",
         "LLMTRAIN_RESTART_ATTEMPT",
+        # a custom trainer's job also gets these (custom_trainer.custom_env)
+        "PET_MASTER_ADDR",
+        "PET_MASTER_PORT",
+        "LLMTRAIN_METRICS_PORT",
+        "LLMTRAIN_CHECKPOINT_DIR",
+        "LLMTRAIN_CHECKPOINT_INTERVAL",
+        "LLMTRAIN_CHECKPOINT_KEEP",
         TERMINATION_LOG_ENV,
     }
 )

@@ -2,7 +2,8 @@
 
 Pydantic's JSON Schema is not a Kubernetes *structural* schema: it uses $ref, anyOf-with-null for Optional, const,
 prefixItems and titles. `structural()` rewrites it: refs inlined, Optional[X] -> X, Literal -> enum, int-or-string
--> x-kubernetes-int-or-string, and `default: {}` on sub-objects so the API server applies nested defaults.
+-> x-kubernetes-int-or-string, and `default: {}` on sub-objects so the API server applies nested defaults (except
+on the built-in trainer's sections, marked `x-llmtrain-builtin`: CEL must see whether the user wrote them).
 
     python -m llmtrain_operator.crdgen > crds/llmtrain.dev_llmtrainingjobs.yaml
     python -m llmtrain_operator.crdgen --check crds/llmtrain.dev_llmtrainingjobs.yaml   # exit 1 when stale
@@ -22,6 +23,7 @@ import yaml
 from . import api
 from .constants import CATEGORIES, GROUP, KIND, PLURAL, SHORT_NAMES, SINGULAR, VERSION
 
+BUILTIN_MARKER = next(iter(api.BUILTIN))
 DEFAULT_PATH = Path(__file__).resolve().parents[2] / "crds" / f"{GROUP}_{PLURAL}.yaml"
 
 
@@ -82,7 +84,9 @@ def structural(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
             required = set(node.get("required", []))
             for name, prop in value.items():
                 child = structural(prop, defs)
-                if name not in required and _is_plain_subobject(prop, defs) and "default" not in child:
+                if child.pop(BUILTIN_MARKER, False):
+                    child.pop("default", None)
+                elif name not in required and _is_plain_subobject(prop, defs) and "default" not in child:
                     child["default"] = {}
                 out["properties"][name] = child
         elif key == "items":

@@ -40,9 +40,12 @@ def parameter_count(spec: LLMTrainingJobSpec) -> int:
 
 
 def default_grace_seconds(spec: LLMTrainingJobSpec) -> int:
-    """BASE_GRACE_SECONDS, plus the time to write the model's checkpoint when the trainer saves on SIGTERM."""
+    """BASE_GRACE_SECONDS, plus the time to write the model's checkpoint when the trainer saves on SIGTERM.
+
+    A custom script's model is unknown to the operator: it gets the base, and sets the field when it needs more.
+    """
     checkpoint = spec.checkpoint
-    if checkpoint is None or not checkpoint.save_on_sigterm:
+    if checkpoint is None or not checkpoint.save_on_sigterm or spec.model is None:
         return BASE_GRACE_SECONDS
     size = parameter_count(spec) * CHECKPOINT_BYTES_PER_PARAM
     return BASE_GRACE_SECONDS + math.ceil(size / CHECKPOINT_WRITE_BYTES_PER_SECOND)

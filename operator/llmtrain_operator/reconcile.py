@@ -749,14 +749,27 @@ def running_policy(ctx: ReconcileContext) -> Decision | None:
     if len([pod for pod in ctx.live if pod.phase == "Running"]) != nodes:
         return None
     status = ctx.status
+    message = _running_message(ctx, nodes)
     if status.phase != "Running":
-        message = f"all {nodes} node pods running"
         if status.phase == "Restarting":
             ctx.set_condition("Restarting", "False", "Recovered", f"gang restarted {status.restarts} times")
         status.phase = "Running"
         ctx.set_condition("Running", "True", "AllNodesRunning", message)
         ctx.event("Normal", "Running", message)
+    elif ctx.spec.custom:  # the note on missing progress comes and goes with the script's reports
+        ctx.set_condition("Running", "True", "AllNodesRunning", message)
     return ctx.finish()
+
+
+def _running_message(ctx: ReconcileContext, nodes: int) -> str:
+    """A custom script may report no progress: say so, and what depends on it (docs/custom-trainer.md)."""
+    message = f"all {nodes} node pods running"
+    if ctx.spec.custom and ctx.status.progress is None:
+        message += (
+            f"; no progress reported on port {ctx.spec.metrics.port} (llmtrain_step): status.progress, ETA and "
+            "kubectl get ltj's Step/Loss stay empty; see docs/custom-trainer.md"
+        )
+    return message
 
 
 def startup_policy(ctx: ReconcileContext) -> Decision | None:

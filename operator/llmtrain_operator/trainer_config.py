@@ -14,6 +14,8 @@ from .constants import CHECKPOINT_DIR
 def render_trainer_config(job_name: str, spec: LLMTrainingJobSpec) -> TrainerConfig:
     """The job's config; checkpoints go to one directory per job name, so jobs can share a claim and a job
     re-created under the same name resumes where the old one stopped."""
+    if spec.model is None or spec.training is None:
+        raise ValueError("a job with spec.trainer has no TrainerConfig")
     checkpoint = CheckpointConfig()
     if spec.checkpoint is not None:
         policy = spec.checkpoint.model_dump(include=set(CheckpointConfig.model_fields) - {"dir"})

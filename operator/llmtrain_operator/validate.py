@@ -71,7 +71,20 @@ def data_parallel_degree(spec: LLMTrainingJobSpec) -> int:
 
 def validate_spec(spec: LLMTrainingJobSpec) -> list[FieldError]:
     """Every semantic problem at once, so the user fixes them in one round."""
+    if spec.custom:  # the model, batch and layout are the script's business: only what the pods need is checked
+        return [*_resources(spec), *pod_template_conflicts(spec), *_custom_env_conflicts(spec)]
     return [*_resources(spec), *_parallelism(spec), *_batch(spec), *pod_template_conflicts(spec)]
+
+
+def _custom_env_conflicts(spec: LLMTrainingJobSpec) -> list[FieldError]:
+    """trainer.env may add variables, never replace the ones torchrun and the contract depend on."""
+    errors = []
+    for i, env in enumerate(spec.trainer.env if spec.trainer else []):
+        if "name" not in env:
+            errors.append(FieldError(f"spec.trainer.env[{i}].name", "is required"))
+        elif env["name"] in OWNED_ENV:
+            errors.append(FieldError(f"spec.trainer.env[{i}].name", f"{env['name']} is set by the operator"))
+    return errors
 
 
 def _resources(spec: LLMTrainingJobSpec) -> list[FieldError]:
@@ -103,6 +116,7 @@ def _parallelism(spec: LLMTrainingJobSpec) -> list[FieldError]:
             FieldError("spec.parallelism.tensorParallel", f"{tp} does not divide the {procs} processes per node")
         )
     # The shape as the trainer will resolve it; the vocabulary may still come from the tokenizer (unknown here).
+    assert spec.model is not None  # the built-in trainer's (the spec's validator requires it)
     shape = resolved_fields(spec.model, seq_len=spec.data.seq_len, tokenizer_vocab=None)
     return errors + _spec_errors(tensor_parallel_problems(tensor_parallel_dims(shape), tp))
 
@@ -111,6 +125,7 @@ def _batch(spec: LLMTrainingJobSpec) -> list[FieldError]:
     if procs_per_node(spec) % spec.parallelism.tensor_parallel:
         return []  # reported by _parallelism; the degree below would be meaningless
     training = spec.training
+    assert training is not None  # the built-in trainer's (the spec's validator requires it)
     problem = batch_problem(training.global_batch_size, training.micro_batch_size, data_parallel_degree(spec))
     return _spec_errors([problem] if problem else [])
 

@@ -22,6 +22,21 @@ def _with(**spec) -> dict:
     return manifest
 
 
+def _custom(**spec) -> dict:
+    manifest = job_manifest("invalid", snippet=None)
+    for builtin in ("model", "training", "precision"):
+        manifest["spec"].pop(builtin)
+    manifest["spec"]["trainer"] = {"command": ["python", "/workspace/train.py"]}
+    manifest["spec"].update(spec)
+    return manifest
+
+
+def _without(field: str) -> dict:
+    manifest = job_manifest("invalid", snippet=None)
+    manifest["spec"].pop(field)
+    return manifest
+
+
 INVALID = [
     (_with(nodes=0), "spec.nodes"),
     (_with(procsPerNode="many"), "procsPerNode"),
@@ -33,6 +48,13 @@ INVALID = [
     (_with(checkpoint={"claimName": "a", "volume": {"emptyDir": {}}}), "spec.checkpoint"),
     (_with(optimizer={"lr": 0}), "spec.optimizer.lr"),
     (_with(training={"steps": 10}), "spec.training.globalBatchSize"),
+    # a custom trainer's job: the built-in trainer's sections are refused by name, torchrun is the operator's
+    (_with(trainer={"command": ["python", "t.py"]}), "spec.model"),
+    (_custom(data={"source": "synthetic"}), "spec.data"),
+    (_custom(precision="fp32"), "spec.precision"),
+    (_custom(trainer={"command": ["torchrun", "t.py"]}), "spec.trainer.command"),
+    (_custom(trainer={"command": []}), "spec.trainer.command"),
+    (_without("training"), "spec.training"),
 ]
 
 
@@ -48,8 +70,30 @@ def test_valid_job_is_accepted_with_defaults_filled_in(cluster: Cluster, namespa
     kube.create(job_manifest("defaults", snippet=None))
     spec = kube.job("defaults")["spec"]
     assert spec["runPolicy"]["backoffLimit"] == 3 and spec["runPolicy"]["cleanPodPolicy"] == "Running"
-    assert spec["parallelism"] == {"dataParallel": "fsdp", "sharding": "zero3", "tensorParallel": 1}
     assert spec["metrics"]["port"] == 9090 and spec["imagePullPolicy"] == "IfNotPresent"
+    # The built-in trainer's sections get no server-side default (CEL must see whether the user wrote them; the
+    # operator applies the defaults), but a section that is written gets its fields' defaults.
+    assert "parallelism" not in spec and "optimizer" not in spec
+    kube.create(job_manifest("nested", snippet=None, parallelism={"dataParallel": "ddp"}))
+    assert kube.job("nested")["spec"]["parallelism"] == {
+        "dataParallel": "ddp",
+        "sharding": "zero3",
+        "tensorParallel": 1,
+    }
+
+
+def test_a_custom_trainer_job_is_accepted_without_the_built_in_sections(cluster: Cluster, namespace: str, crd: None):
+    kube = Kube(cluster, namespace)
+    kube.create(_custom())
+    assert kube.job("invalid")["spec"]["trainer"] == {"command": ["python", "/workspace/train.py"]}
+
+
+def test_trainer_cannot_be_added_to_a_built_in_job_later(cluster: Cluster, namespace: str, crd: None):
+    kube = Kube(cluster, namespace)
+    kube.create(job_manifest("builtin", snippet=None))
+    patch = json.dumps({"spec": {"model": None, "training": None, "trainer": {"command": ["python", "t.py"]}}})
+    result = cluster.kubectl("patch", "ltj", "builtin", "-n", namespace, "--type=merge", "-p", patch, check=False)
+    assert result.returncode != 0 and "spec.trainer" in result.stderr
 
 
 @pytest.mark.parametrize("section", ["model", "parallelism"])

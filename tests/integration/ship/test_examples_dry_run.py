@@ -9,10 +9,10 @@ import yaml
 
 from .chart_on_cluster import REPO
 
-EXAMPLES = sorted((REPO / "examples").glob("*.yaml"))
+EXAMPLES = sorted((REPO / "examples").glob("*.yaml")) + sorted((REPO / "examples" / "custom").glob("*/job.yaml"))
 
 
-@pytest.mark.parametrize("example", EXAMPLES, ids=[p.name for p in EXAMPLES])
+@pytest.mark.parametrize("example", EXAMPLES, ids=[str(p.relative_to(REPO / "examples")) for p in EXAMPLES])
 def test_example_is_accepted_by_a_server_side_dry_run(cluster, llmtrain_crd, namespace, example: Path):
     result = cluster.kubectl("apply", "--dry-run=server", "--namespace", namespace, "-f", str(example))
     for doc in yaml.safe_load_all(example.read_text()):
