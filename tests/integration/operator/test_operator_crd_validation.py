@@ -79,6 +79,7 @@ def test_valid_job_is_accepted_with_defaults_filled_in(cluster: Cluster, namespa
         "dataParallel": "ddp",
         "sharding": "zero3",
         "tensorParallel": 1,
+        "lossParallel": True,
     }
 
 

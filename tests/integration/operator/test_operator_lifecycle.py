@@ -58,7 +58,7 @@ def test_job_gets_config_headless_service_and_node_pods_with_dns_fields(kube: Ku
     status = kube.wait_phase("wired", "Running", timeout=60)
     assert status["active"] == 2 and status["restarts"] == 0
     table = kube.cluster.kubectl("get", "ltj", "-n", kube.ns).stdout
-    assert table.split()[:8] == ["NAME", "PHASE", "NODES", "STEP", "LOSS", "TOK/S", "RESTARTS", "AGE"]
+    assert table.split()[:9] == ["NAME", "PHASE", "NODES", "STEP", "LOSS", "EVAL", "TOK/S", "RESTARTS", "AGE"]
     assert "Running" in table
 
 
