@@ -175,9 +175,7 @@ def test_two_replicas_elect_one_leader_and_the_standby_takes_over_within_15_seco
 
             # the new leader acts: a lost node pod restarts the gang
             kube.cluster.kubectl("delete", "pod", "-n", kube.ns, kube.pods("ha")[0]["metadata"]["name"], "--wait=false")
-            wait_for(
-                lambda: kube.status("ha").get("attempt") == 1, timeout=60, what="a gang restart by the new leader"
-            )
+            wait_for(lambda: kube.status("ha").get("attempt") == 1, timeout=60, what="a gang restart by the new leader")
             kube.wait_phase("ha", "Running", timeout=60)
 
 
