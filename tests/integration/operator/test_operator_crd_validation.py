@@ -7,13 +7,7 @@ import json
 import pytest
 from llmtrain_testbed.testing import Cluster
 
-from .kube import CRD, Kube, job_manifest
-
-
-@pytest.fixture(scope="module")
-def crd(cluster: Cluster) -> None:
-    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
-    cluster.kubectl("wait", "--for=condition=Established", "crd/llmtrainingjobs.llmtrain.dev", "--timeout=60s")
+from .kube import Kube, job_manifest
 
 
 def _with(**spec) -> dict:

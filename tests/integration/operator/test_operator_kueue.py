@@ -13,7 +13,7 @@ import pytest
 import yaml
 from llmtrain_testbed.testing import Cluster, wait_for
 
-from .kube import CRD, Kube, OperatorProcess, job_manifest, running_operator
+from .kube import Kube, OperatorProcess, job_manifest, running_operator
 
 REPO = Path(__file__).resolve().parents[3]
 GPUS_3 = {"requests": {"cpu": "10m", "memory": "32Mi", "nvidia.com/gpu": 3}, "limits": {"nvidia.com/gpu": 3}}
@@ -21,14 +21,12 @@ PRIORITIES = {"llmtrain-test-low": 10, "llmtrain-test-high": 1000}
 
 
 @pytest.fixture(scope="module")
-def kueue(cluster: Cluster) -> None:
+def kueue(cluster: Cluster, crd: None) -> None:
     if not cluster.is_testbed:
         pytest.skip("installs Kueue into the test bed; on another cluster install Kueue yourself")
     from llmtrain_testbed import kueue as testbed_kueue
 
     testbed_kueue.up()
-    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
-    cluster.kubectl("wait", "--for=condition=Established", "crd/llmtrainingjobs.llmtrain.dev", "--timeout=60s")
     for name, value in PRIORITIES.items():
         priority_class = {"apiVersion": "scheduling.k8s.io/v1", "kind": "PriorityClass", "metadata": {"name": name}}
         cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump({**priority_class, "value": value}))

@@ -3,29 +3,10 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 
-import pytest
 from llmtrain_testbed.testing import Cluster, wait_for
 
-from .kube import CRD, SLEEP_FOREVER, Kube, OperatorProcess, job_manifest, running_operator
-
-
-@pytest.fixture(scope="module")
-def crd(cluster: Cluster) -> None:
-    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
-    cluster.kubectl("wait", "--for=condition=Established", "crd/llmtrainingjobs.llmtrain.dev", "--timeout=60s")
-
-
-@pytest.fixture
-def kube(cluster: Cluster, namespace: str, crd: None) -> Kube:
-    return Kube(cluster, namespace)
-
-
-@pytest.fixture
-def operator(cluster: Cluster, namespace: str, crd: None) -> Iterator[OperatorProcess]:
-    with running_operator(cluster, namespace) as op:
-        yield op
+from .kube import SLEEP_FOREVER, Kube, OperatorProcess, job_manifest, running_operator
 
 
 def _env(pod: dict) -> dict:

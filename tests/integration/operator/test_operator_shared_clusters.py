@@ -9,33 +9,13 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator
 
 import pytest
-from llmtrain_testbed.testing import Cluster, wait_for
+from llmtrain_testbed.testing import wait_for
 
-from .kube import SLEEP_FOREVER, Kube, OperatorProcess, job_manifest, running_operator
+from .kube import SLEEP_FOREVER, Kube, OperatorProcess, job_manifest
 
 GPUS_4 = {"requests": {"cpu": "10m", "memory": "32Mi", "nvidia.com/gpu": 4}, "limits": {"nvidia.com/gpu": 4}}
-
-
-@pytest.fixture(scope="module")
-def crd(cluster: Cluster) -> None:
-    from .kube import CRD
-
-    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
-    cluster.kubectl("wait", "--for=condition=Established", "crd/llmtrainingjobs.llmtrain.dev", "--timeout=60s")
-
-
-@pytest.fixture
-def kube(cluster: Cluster, namespace: str, crd: None) -> Kube:
-    return Kube(cluster, namespace)
-
-
-@pytest.fixture
-def operator(cluster: Cluster, namespace: str, crd: None) -> Iterator[OperatorProcess]:
-    with running_operator(cluster, namespace) as op:
-        yield op
 
 
 def gpu_job(name: str, nodes: int, snippet: str = SLEEP_FOREVER, gang: str = "auto", **spec) -> dict:
