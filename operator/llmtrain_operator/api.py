@@ -396,6 +396,19 @@ class FailureStreak(_Model):
     count: int = Field(1, description="Attempts in a row that failed with this reason and message at this step.")
 
 
+class MemoryEstimateStatus(_Model):
+    """One rank's estimated peak GPU memory (llmtrain_contract.memory), computed from the spec before the first
+    pods; with the GPU memory it was checked against when the job's nodes declare it (nvidia.com/gpu.memory)."""
+
+    peak_bytes: int = Field(description="Estimated peak per rank: live tensors, CUDA context, allocator slack.")
+    summary: str = Field(description="The estimate by component, in GiB, and the phase of the step it peaks in.")
+    gpu_memory_bytes: int | None = Field(
+        None,
+        description="Memory of one GPU on the smallest node the pods may land on (GPU nodes matching "
+        "scheduling.nodeSelector); absent when none declares nvidia.com/gpu.memory: then nothing was checked.",
+    )
+
+
 class LLMTrainingJobStatus(_Model):
     """Observed state, written only by the operator."""
 
@@ -430,6 +443,7 @@ class LLMTrainingJobStatus(_Model):
     observed_generation: int | None = Field(None, description="metadata.generation the status was computed from.")
     progress: Progress | None = Field(None, description=Progress.__doc__)
     last_failure: FailureStreak | None = Field(None, description=FailureStreak.__doc__)
+    memory_estimate: MemoryEstimateStatus | None = Field(None, description=MemoryEstimateStatus.__doc__)
 
 
 class LLMTrainingJob(_Model):

@@ -98,7 +98,9 @@ def render() -> str:
         "| Restarting | A node pod failed with a retryable code (or was evicted/lost), or rank 0 stalled "
         "(`Stalled`, `runPolicy.stallTimeoutSeconds`): all node pods are deleted and recreated; `restarts` +1. |",
         "| Succeeded | Every node pod exited 0. |",
-        "| Failed | Reasons: `InvalidSpec`, `InvalidConfig` (exit 78), `Diverged` (exit 79), `BackoffLimitExceeded`, "
+        "| Failed | Reasons: `InvalidSpec`, `WillNotFit` (before any pod: the estimated per-rank peak cannot fit the "
+        "GPUs of the nodes the pods may land on, label `nvidia.com/gpu.memory`; see `status.memoryEstimate`), "
+        "`InvalidConfig` (exit 78), `Diverged` (exit 79), `BackoffLimitExceeded`, "
         "`CrashLoop` (`runPolicy.crashLoopLimit`), `DeadlineExceeded`. |",
         "| Suspended | `runPolicy.suspend: true`: node pods deleted, config and service kept. |",
         "",

@@ -30,6 +30,7 @@ MANAGER = "llmtrain-operator"
 RDZV_PORT = 29400
 DEFAULT_TRAINER_IMAGE = "ghcr.io/llmtrain/trainer:0.1.0"
 GPU_RESOURCE = "nvidia.com/gpu"
+GPU_MEMORY_LABEL = "nvidia.com/gpu.memory"  # MiB per GPU, set by GPU feature discovery
 
 CONFIG_DIR = "/etc/llmtrain"
 CONFIG_FILE = "config.json"

@@ -3,6 +3,8 @@
 * A trigger (a job event, a pod event, a requeue, the resync) asks for a reconcile of one job; triggers that arrive
   while one runs are coalesced into a single follow-up run (a 64-pod gang emits hundreds of pod events).
 * Node pods come from an index (kopf's, keyed by (namespace, job name)) of PodViews, so a reconcile lists nothing.
+  GPU nodes come from another (node name -> GpuNode): the memory one GPU of the job's pods would get, for the
+  admission-time memory preflight.
 * Children of a deleted job with the same name (a namesake) are told apart by their controlling owner's uid: they
   are never adopted, but their names stay taken until the garbage collector removes them.
 * Apply order: status first (conditional on resourceVersion), then deletes, config updates, creates, events. A
@@ -37,6 +39,7 @@ from .api import TERMINAL_PHASES, Progress
 from .constants import GROUP, KIND, VERSION, config_map_name, service_name
 from .expectations import Expectations
 from .gang import POD_GROUP_API_VERSION
+from .gpu_nodes import GpuNode, gpu_memory_bytes
 from .kubeapi import ApiError, gather_limited
 from .leader import LeaderElector
 from .observe import PodView, controller_uid, pod_view
@@ -58,6 +61,7 @@ from .timestamps import rfc3339
 log = logging.getLogger("llmtrain_operator")
 Key = tuple[str, str]  # (namespace, job name)
 PodIndex = Mapping[Key, Iterable[PodView]]  # kopf.Index[Key, PodView] in the operator, a dict in tests
+NodeIndex = Mapping[str, Iterable[GpuNode]]  # kopf.Index[str, GpuNode] (node name) in the operator, a dict in tests
 Decide = Callable[[JobView, Observed, datetime, OperatorSettings, Progress | None], Decision]
 
 ERROR_RETRY_SECONDS = 5.0  # after a failed reconcile
@@ -127,6 +131,7 @@ class Controller:
     resync_seconds: float = 10.0
     client: KubeApi | None = None  # set at login
     pods_index: PodIndex | None = None  # set by the first handler call
+    nodes_index: NodeIndex | None = None  # GPU nodes; set by the first handler call
     decide: Decide = reconcile
     clock: Callable[[], datetime] = _utc_now
     slots: dict[Key, JobSlot] = field(default_factory=dict)
@@ -252,7 +257,16 @@ class Controller:
             config=config,
             create_failure=slot.create_failure,
             metrics_unreachable=slot.metrics_unreachable,
+            gpu_memory_bytes=self._gpu_memory(job),
         )
+
+    def _gpu_memory(self, job: JobView) -> int | None:
+        """Memory of one GPU on the worst node the job's pods may land on (None: no such node declares it)."""
+        if self.nodes_index is None or job.status.get("phase") in TERMINAL_PHASES:
+            return None
+        selector = (job.spec.get("scheduling") or {}).get("nodeSelector") or {}
+        nodes = (node for views in self.nodes_index.values() for node in views)
+        return gpu_memory_bytes(nodes, selector if isinstance(selector, dict) else {})
 
     def _indexed_pods(self, key: Key) -> list[PodView]:
         return list(self.pods_index.get(key, ())) if self.pods_index is not None else []

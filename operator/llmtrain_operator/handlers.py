@@ -4,6 +4,8 @@
 * Node pods are kept in a kopf index (label llmtrain.dev/job-name) as PodViews, keyed by the job that controls
   them (its ownerReference: the label holds a shortened name for jobs named longer than 63), so a reconcile lists
   nothing.
+* GPU nodes are kept in a second index (node name -> GpuNode: labels, allocatable GPUs, nvidia.com/gpu.memory) for
+  the admission-time memory preflight; a node event triggers nothing.
 * Startup starts the Controller's resync loop; login gives it its Kubernetes client.
 """
 
@@ -19,6 +21,7 @@ import kopf
 
 from .constants import GROUP, LABEL_JOB, PLURAL, VERSION
 from .controller import Controller, Key
+from .gpu_nodes import GpuNode, gpu_node
 from .kubeapi import KubeClient
 from .observe import PodView, owning_job, pod_view
 
@@ -79,17 +82,26 @@ def register(registry: kopf.OperatorRegistry, controller: Controller) -> None:
     def node_pods(body: kopf.Body, namespace: str, labels: kopf.Labels, **_: Any) -> dict[Key, PodView]:
         return {(namespace, owning_job(dict(body)) or labels[LABEL_JOB]): pod_view(dict(body))}
 
+    @kopf.index("nodes", registry=registry, id="gpu_nodes")
+    def gpu_nodes(body: kopf.Body, **_: Any) -> dict[str, GpuNode]:
+        node = gpu_node(dict(body))
+        return {node.name: node} if node is not None else {}  # {}, not None: a node that lost its GPUs drops out
+
     @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry, id="job_event")
-    async def job_event(type: str, namespace: str, name: str, node_pods: kopf.Index, **_: Any) -> None:
-        controller.pods_index = node_pods
+    async def job_event(
+        type: str, namespace: str, name: str, node_pods: kopf.Index, gpu_nodes: kopf.Index, **_: Any
+    ) -> None:
+        controller.pods_index, controller.nodes_index = node_pods, gpu_nodes
         if type == "DELETED":
             controller.forget((namespace, name))
             return
         await controller.trigger((namespace, name))
 
     @kopf.on.event("pods", labels={LABEL_JOB: kopf.PRESENT}, registry=registry, id="pod_event")
-    async def pod_event(body: kopf.Body, namespace: str, labels: kopf.Labels, node_pods: kopf.Index, **_: Any) -> None:
-        controller.pods_index = node_pods
+    async def pod_event(
+        body: kopf.Body, namespace: str, labels: kopf.Labels, node_pods: kopf.Index, gpu_nodes: kopf.Index, **_: Any
+    ) -> None:
+        controller.pods_index, controller.nodes_index = node_pods, gpu_nodes
         key = (namespace, owning_job(dict(body)) or labels[LABEL_JOB])
         if key in controller.slots:  # pods of jobs we have never seen are not ours to act on yet
             await controller.trigger(key)

@@ -1,25 +1,20 @@
 """Admission-time memory check (issue #12, part 3): will one rank of this job fit its GPU?
 
-Torch-free: it calls the contract's estimator with the spec's sections. The GPU's memory is not in the spec, so
-the caller passes it (an operator setting, or the node's `nvidia.com/gpu.memory` label from GPU feature discovery,
-in MiB). The estimate is validated to within 15% of measured peaks, so a job is refused only when even 85% of the
-estimate exceeds the GPU ("cannot fit"); above the budget but within that margin it only warns ("may not fit").
-
-Hook (not wired here: reconcile.py and main.py are being changed by others): reconcile.reconcile() is pure, so the
-GPU memory comes from the operator's settings, e.g. `OperatorSettings.gpu_memory_bytes` set by main.py from
-`LLMTRAIN_GPU_MEMORY_GIB`; then, where reconcile() calls `validate_spec(spec)`:
-    errors = validate_spec(spec)
-    if not errors and settings.gpu_memory_bytes:
-        errors = memory_errors(spec, settings.gpu_memory_bytes)
-and, when `memory_warning(spec, settings.gpu_memory_bytes)` returns text, a Warning event on the job.
+Torch-free: it calls the contract's estimator with the spec's sections. The GPU's memory is not in the spec: the
+controller reads it from the nodes the pods may land on (label `nvidia.com/gpu.memory`, MiB, set by GPU feature
+discovery; see gpu_nodes.py) and reconcile's spec_validation_policy calls `preflight` before the job's first pods.
+The estimate is validated to within 15% of measured peaks, so a job is refused only when even 85% of the estimate
+exceeds the GPU ("cannot fit"); above the budget but within that margin it only warns ("may not fit").
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from llmtrain_contract.memory import MemoryEstimate, config_from_spec, explain, suggest_fit
 
-from .api import LLMTrainingJobSpec
-from .validate import FieldError, procs_per_node
+from .api import LLMTrainingJobSpec, MemoryEstimateStatus
+from .validate import FieldError, gpu_count, procs_per_node
 
 TOLERANCE = 0.15  # the estimator's validated error (bench/memory_estimate.py)
 
@@ -61,3 +56,28 @@ def memory_warning(spec: LLMTrainingJobSpec, gpu_memory_bytes: int) -> str | Non
         return None
     fix = suggest_fit(cfg, gpu_memory_bytes)
     return f"may not fit the GPU: {explain(est, gpu_memory_bytes)}" + (f"; consider {fix}" if fix else "")
+
+
+@dataclass(frozen=True)
+class Preflight:
+    """The estimate for status, and what to tell the user: `error` fails the job (WillNotFit), `warning` is an
+    event."""
+
+    estimate: MemoryEstimateStatus
+    error: str | None = None
+    warning: str | None = None
+
+
+def preflight(spec: LLMTrainingJobSpec, gpu_memory_bytes: int | None) -> Preflight | None:
+    """The check for a job whose pods request GPUs (None for a CPU job: its pods get no GPU); with
+    `gpu_memory_bytes` None (no node declares it) only the estimate, nothing is checked."""
+    if gpu_count(spec) < 1:
+        return None
+    est = job_estimate(spec)
+    status = MemoryEstimateStatus(peak_bytes=est.total, summary=est.summary(), gpu_memory_bytes=gpu_memory_bytes)
+    if gpu_memory_bytes is None:
+        return Preflight(status)
+    errors = memory_errors(spec, gpu_memory_bytes)
+    if errors:
+        return Preflight(status, error=f"{errors[0]}; estimate: {est.summary()}")
+    return Preflight(status, warning=memory_warning(spec, gpu_memory_bytes))

@@ -25,6 +25,8 @@ RULES: list[dict[str, list[str]]] = [
     # kopf: discovers CRDs and, when cluster-wide, namespaces.
     {"apiGroups": ["apiextensions.k8s.io"], "resources": ["customresourcedefinitions"], "verbs": ["list", "watch"]},
     {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["list", "watch"]},
+    # The memory preflight: which nodes have GPUs and how much memory each has (label nvidia.com/gpu.memory).
+    {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list", "watch"]},
 ]
 
 

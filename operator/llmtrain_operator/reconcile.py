@@ -9,7 +9,8 @@ killed between the two steps finds stale pods on restart and deletes them instea
 the job's state for this round returns the Decision, later ones never see it:
 
     terminal_policy          a Failed/Succeeded job: cleanPodPolicy, then ttlSecondsAfterFinished
-    spec_validation_policy   an invalid spec (or dev-command annotation) fails the job with InvalidSpec
+    spec_validation_policy   an invalid spec (or dev-command annotation) fails the job with InvalidSpec; before the
+                             first pods, one whose estimated GPU memory cannot fit its nodes' GPUs with WillNotFit
     gang_policy              how the gang is placed (native PodGroup, Kueue pod group, none): status.gang
     namesake_policy          wait while a deleted job of the same name still holds the config or Service name
     create_failure_policy    a create the API server rejected -> Created=False/CreateFailed + Warning; creates pause
@@ -55,6 +56,7 @@ from .api import (
 from .builders import JobRef, build_config_map, build_pod, build_service
 from .constants import ANNOTATION_DEV_COMMAND, config_map_name, pod_group_name, pod_name, service_name
 from .gang import GangMode, GangUnavailable, build_pod_group, gang_mode, place_in_gang
+from .memory_preflight import preflight
 from .observe import Failure, PodView, classify_failure, pending_reason, trainer_report
 from .progress import final_progress, with_step_time
 from .timestamps import parse_time, rfc3339
@@ -128,6 +130,9 @@ class Observed:
     create_failure: CreateFailure | None = None
     # Why rank 0's metrics could not be read, and since when (None: read at the last attempt, or not tried).
     metrics_unreachable: MetricsUnreachable | None = None
+    # Memory of one GPU on the worst node the pods may land on (GPU nodes matching spec.scheduling.nodeSelector,
+    # label nvidia.com/gpu.memory); None when no such node declares it: no memory preflight.
+    gpu_memory_bytes: int | None = None
 
 
 @dataclass(frozen=True)
@@ -404,6 +409,24 @@ def spec_validation_policy(ctx: ReconcileContext) -> Decision | None:
     except (ValueError, json.JSONDecodeError) as error:
         return fail_job(ctx, "InvalidSpec", f"invalid spec: {error}", spec.run_policy, stop_pods=True)
     ctx.accept(spec, command)
+    return memory_preflight(ctx, spec)
+
+
+def memory_preflight(ctx: ReconcileContext, spec: LLMTrainingJobSpec) -> Decision | None:
+    """Admission only, before the job's first pods (status.nodes is set when they are created): a GPU job whose
+    estimated per-rank peak cannot fit the smallest GPU of the nodes it may land on fails with WillNotFit, naming the
+    breakdown and the nearest change that fits; one that may not fit gets a Warning event. The estimate goes into
+    status.memoryEstimate either way. A running job is never failed by it (a node label may change under it)."""
+    if ctx.status.nodes is not None or ctx.observed.pods:
+        return None
+    check = preflight(spec, ctx.observed.gpu_memory_bytes)
+    if check is None:
+        return None
+    previous, ctx.status.memory_estimate = ctx.status.memory_estimate, check.estimate
+    if check.error:
+        return fail_job(ctx, "WillNotFit", check.error, spec.run_policy, stop_pods=True)
+    if check.warning and previous != check.estimate:
+        ctx.event("Warning", "MayNotFit", check.warning)
     return None
 
 

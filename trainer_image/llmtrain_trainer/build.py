@@ -22,6 +22,7 @@ from .distributed import Runtime, StopRequest
 from .evaluate import EvalSampler, eval_sampler_for
 from .hf_checkpoint import fill_parameters
 from .log import RunLog
+from .memory_check import MemoryReport, run_estimate
 from .metrics import Metrics, peak_flops
 from .model import ModelArgs, Transformer, flops_per_token, initial_value, resolve_model_args, validate_model_args
 from .optim import build_optimizer
@@ -63,6 +64,7 @@ class Trainer:
     metrics: Metrics
     checkpointer: Checkpointer | None  # None: checkpointing is off
     eval_sampler: EvalSampler | None = None  # None: no evaluation section
+    memory: MemoryReport | None = None  # the preflight estimate, logged beside the measured peak
     faults: FaultInjection = field(default_factory=FaultInjection.from_env)
     progress: Progress = field(default_factory=Progress)
     throughput: ThroughputWindow = field(default_factory=lambda: ThroughputWindow(time.perf_counter()))
@@ -115,6 +117,7 @@ def build_trainer(cfg: TrainerConfig, runtime: Runtime, stop: StopRequest) -> Tr
         metrics=build_metrics(cfg, runtime),
         checkpointer=build_checkpointer(cfg, runtime, log, args),
         eval_sampler=eval_sampler,
+        memory=MemoryReport(run_estimate(cfg, args, dims, accum=plan.micro_batches, device_type=runtime.device.type)),
     )
     if trainer.checkpointer is not None:
         resume_from_latest(trainer)

@@ -1,12 +1,15 @@
 """The preflight memory estimate next to what the run really used, for the trainer's log (issue #12, part 3).
 
-train.py would call `memory_record` once, after the first steady-state step (step 2: step 1 creates AdamW's state
-inside `optimizer.step()`, so its backward runs without it and its peak is lower than every later step's), and log
-it: `log("memory", **memory_record(...))`. A large error tells us the estimator (llmtrain_contract.memory) has
-drifted from the trainer.
+build.py computes the run's estimate once (`MemoryReport`); train.py logs `memory` (estimate, measured peak, error)
+once, after this process's second step, the first steady-state one (a fresh run's step 1 creates AdamW's state
+inside `optimizer.step()`, so its backward runs without it and its peak is lower than every later step's), or at
+the last step when fewer remain. A large error tells us the estimator (llmtrain_contract.memory) has drifted from
+the trainer.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 from llmtrain_contract.memory import GIB, MemoryConfig, MemoryEstimate
@@ -35,6 +38,20 @@ def run_estimate(
         loss_parallel=cfg.parallelism.loss_parallel,
         device_type=device_type,
     ).estimate()
+
+
+@dataclass
+class MemoryReport:
+    """The run's estimate and the one step after which it is logged beside the measured peak."""
+
+    estimate: MemoryEstimate
+    step: int | None = None  # set at this process's first step
+
+    def due(self, step: int, total_steps: int) -> bool:
+        """True once: at this process's second step, or at the last step if that comes first."""
+        if self.step is None:
+            self.step = min(step + 1, total_steps)
+        return step == self.step
 
 
 def measured_peak(device: torch.device) -> int | None:

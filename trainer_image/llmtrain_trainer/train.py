@@ -20,6 +20,7 @@ from .config import TrainerConfig
 from .distributed import Runtime, StopRequest
 from .evaluate import eval_due, evaluate
 from .exit_codes import EXIT_OK, EXIT_SIGTERM, write_termination_message
+from .memory_check import measured_peak, memory_record
 from .metrics import Metrics, memory_stats, mfu
 from .progress import (
     SaveReason,
@@ -78,8 +79,17 @@ def after_step(trainer: Trainer, outcome: StepOutcome) -> None:
         run_evaluation(trainer, outcome.step)
     if should_log(outcome.step, interval=trainer.cfg.logging.interval, total_steps=trainer.cfg.training.steps):
         log_step(trainer, outcome)
+    log_memory(trainer, outcome)
     if trainer.checkpointer is not None:
         checkpoint_after_step(trainer, trainer.checkpointer, outcome)
+
+
+def log_memory(trainer: Trainer, outcome: StepOutcome) -> None:
+    """Once: the preflight estimate beside the measured peak (rank 0 logs; memory_check says at which step)."""
+    report = trainer.memory
+    if report is not None and report.due(outcome.step, trainer.cfg.training.steps):
+        peak = measured_peak(trainer.runtime.device)
+        trainer.log("memory", step=outcome.step, **memory_record(report.estimate, peak))
 
 
 def check_divergence(trainer: Trainer, outcome: StepOutcome) -> None:

@@ -88,8 +88,9 @@ tests/unit/ship/test_chart_render.py compares the rendered rules with it.
 {{- end }}
 
 {{/*
-What kopf needs cluster-wide in both modes: it discovers the CRD and lists/watches namespaces even when it is given
-explicit namespace names (without it, it retries and never starts watching jobs).
+What the operator needs cluster-wide in both modes: kopf discovers the CRD and lists/watches namespaces even when it
+is given explicit namespace names (without it, it retries and never starts watching jobs); the memory preflight
+indexes nodes (GPUs, label nvidia.com/gpu.memory), which are cluster-scoped whatever namespaces are watched.
 */}}
 {{- define "llmtrain-operator.discoveryRules" -}}
 - apiGroups: ["apiextensions.k8s.io"]
@@ -98,6 +99,9 @@ explicit namespace names (without it, it retries and never starts watching jobs)
 - apiGroups: [""]
   resources: ["namespaces"]
   verbs: ["list", "watch"]
+- apiGroups: [""]
+  resources: ["nodes"]
+  verbs: ["get", "list", "watch"]
 {{- end }}
 
 {{/*

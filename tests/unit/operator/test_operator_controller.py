@@ -13,6 +13,7 @@ import pytest
 from llmtrain_operator import controller as controller_module
 from llmtrain_operator import reconcile as reconcile_module
 from llmtrain_operator.controller import Controller, KubeApi, event_manifest
+from llmtrain_operator.gpu_nodes import gpu_node
 from llmtrain_operator.kubeapi import ApiError
 from llmtrain_operator.observe import PodView
 from llmtrain_operator.reconcile import Decision, Event, JobView, reconcile
@@ -528,6 +529,72 @@ def test_a_background_task_that_dies_is_logged_and_counted(caplog):
     assert any(record.exc_info and "background task" in record.message for record in caplog.records)
 
 
+# ----- nodes: the GPU memory the memory preflight checks against ---------------------------------------------------
+
+H200_MIB, H100_MIB = 143_771, 81_559
+
+
+def node_body(name: str, memory_mib: int | None, gpus: int = 8, **labels: str) -> dict[str, Any]:
+    if memory_mib is not None:
+        labels["nvidia.com/gpu.memory"] = str(memory_mib)
+    allocatable = {"nvidia.com/gpu": str(gpus)} if gpus else {}
+    return {"kind": "Node", "metadata": {"name": name, "labels": labels}, "status": {"allocatable": allocatable}}
+
+
+def nodes_index(*bodies: dict[str, Any]) -> dict[str, list[Any]]:
+    """What handlers.py's gpu_nodes index holds: node name -> [GpuNode], nodes without GPUs left out."""
+    views = [gpu_node(body) for body in bodies]
+    return {view.name: [view] for view in views if view is not None}
+
+
+def test_the_observed_gpu_memory_is_the_smallest_among_gpu_nodes_matching_the_node_selector():
+    kube = FakeKube()
+    kube.add_job()
+    kube.job()["spec"]["scheduling"] = {"nodeSelector": {"pool": "train"}}
+    calls: list[tuple[Any, ...]] = []
+    index = nodes_index(
+        node_body("h200", H200_MIB, pool="train"),
+        node_body("h100", H100_MIB, pool="inference"),  # not where the pods may land
+        node_body("cpu", 1024, gpus=0, pool="train"),  # no GPUs: its label means nothing
+        node_body("new", None, pool="train"),  # not (yet) labelled by GPU feature discovery
+    )
+
+    async def scenario() -> None:
+        await make_controller(kube, decide=recording(calls), nodes_index=index).trigger(KEY)
+        kube.job()["spec"]["scheduling"] = {}
+        await make_controller(kube, decide=recording(calls), nodes_index=index).trigger(KEY)
+        kube.job()["spec"]["scheduling"] = {"nodeSelector": {"pool": "none-such"}}
+        await make_controller(kube, decide=recording(calls), nodes_index=index).trigger(KEY)
+        await make_controller(kube, decide=recording(calls)).trigger(KEY)  # no index yet
+
+    run(scenario)
+    observed = [call[1].gpu_memory_bytes for call in calls]
+    assert observed == [H200_MIB * 2**20, H100_MIB * 2**20, None, None]
+
+
+def test_a_job_that_cannot_fit_the_nodes_gpus_is_failed_before_any_child_is_created():
+    kube = FakeKube()
+    kube.add_job()
+    kube.job()["spec"].update(
+        procsPerNode="auto",
+        resources={"limits": {"nvidia.com/gpu": 1}},
+        model={"preset": "llama-8b"},
+        data={"seqLen": 4096},
+        training={"steps": 10, "globalBatchSize": 16, "microBatchSize": 8},
+    )
+    index = nodes_index(node_body("h200-0", H200_MIB), node_body("h200-1", H200_MIB))
+
+    async def scenario() -> None:
+        await make_controller(kube, nodes_index=index).trigger(KEY)
+
+    run(scenario)
+    assert kube.writes == [("status", "LLMTrainingJob", "demo")]  # no ConfigMap, Service or pod
+    status = kube.job()["status"]
+    assert status["phase"] == "Failed" and status["memoryEstimate"]["gpuMemoryBytes"] == H200_MIB * 2**20
+    (event,) = kube.events
+    assert event["reason"] == "WillNotFit" and "try training.microBatchSize" in event["message"]
+
+
 def test_event_manifest_is_about_the_job():
     body = {"metadata": {"name": "demo", "namespace": "ns", "uid": UID}}
     manifest = event_manifest(body, Event("Warning", "Unschedulable", "x" * 2000), NOW)
@@ -544,6 +611,19 @@ def test_handlers_only_register_kopf_handlers_around_a_controller():
     register(registry, Controller(settings=SETTINGS))
     ids = {handler.id for handler in registry._activities.get_all_handlers()}
     assert {"configure", "shutdown", "login"} <= ids
+
+
+def test_gpu_nodes_are_indexed_by_name_and_a_node_without_gpus_drops_out():
+    import kopf
+    from llmtrain_operator.handlers import register
+
+    registry = kopf.OperatorRegistry()
+    register(registry, Controller(settings=SETTINGS))
+    (index,) = [handler for handler in registry._indexing.get_all_handlers() if handler.id == "gpu_nodes"]
+    assert index.selector is not None and index.selector.any_name == "nodes"
+    h200 = index.fn(body=kopf.Body(node_body("gpu-0", H200_MIB)))
+    assert h200["gpu-0"].memory_mib == H200_MIB and h200["gpu-0"].gpus == 8
+    assert index.fn(body=kopf.Body(node_body("gpu-0", H200_MIB, gpus=0))) == {}  # {}, not None: kopf drops it
 
 
 def test_the_pod_watch_is_filtered_by_the_api_server_and_the_job_watch_is_not():

@@ -77,7 +77,7 @@ FULL_VALUES: dict[str, Any] = {
         }
     },
 }
-CLUSTER_SCOPED = {"customresourcedefinitions", "namespaces"}
+CLUSTER_SCOPED = {"customresourcedefinitions", "namespaces", "nodes"}
 
 
 def _permissions(rules: list[dict[str, Any]]) -> set[tuple[str, str, str]]:
@@ -177,7 +177,10 @@ def test_operator_permissions_are_least_privilege():
         ("apiextensions.k8s.io", "customresourcedefinitions", "watch"),
         ("", "namespaces", "list"),
         ("", "namespaces", "watch"),
-    } == DISCOVERY, "cluster-wide, the operator only discovers CRDs and namespaces (kopf needs both)"
+        ("", "nodes", "get"),
+        ("", "nodes", "list"),
+        ("", "nodes", "watch"),
+    } == DISCOVERY, "cluster-wide, the operator only discovers CRDs and namespaces (kopf) and reads nodes (preflight)"
 
 
 def test_listed_namespaces_get_roles_and_only_discovery_is_cluster_wide(tmp_path):

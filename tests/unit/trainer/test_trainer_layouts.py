@@ -54,3 +54,12 @@ def test_layouts_report_the_mesh_they_were_asked_for(layout_runs):
         "fsdp2x_tp2": [1, 2, 2],
         "hybrid_2nodes": [2, 1, 1],
     }
+
+
+def test_every_layout_logs_its_memory_estimate_once_after_its_second_step(layout_runs):
+    """The preflight estimate beside the measured peak (on CPU there is none to measure), from rank 0 only."""
+    for name, run in layout_runs.items():
+        (memory,) = run.of("memory")
+        assert memory["step"] == 2, name
+        assert memory["estimate"].startswith("peak ") and memory["estimate_gib"] > 0, name
+        assert "measured_gib" not in memory, name

@@ -16,6 +16,7 @@ def test_resumed_run_continues_from_the_newest_complete_checkpoint(resumed_run):
     loaded = resumed_run.of("checkpoint_loaded")
     assert [e["checkpoint_step"] for e in loaded] == [CHECKPOINT_INTERVAL]
     assert min(resumed_run.losses) == CHECKPOINT_INTERVAL + 1
+    assert [e["step"] for e in resumed_run.of("memory")] == [CHECKPOINT_INTERVAL + 2]  # this process's second step
 
 
 def test_resumed_losses_equal_the_uninterrupted_run(layout_runs, resumed_run):

@@ -11,8 +11,10 @@ from contextlib import contextmanager
 import numpy as np
 import pytest
 import torch
+from llmtrain_contract.memory import MemoryEstimate
 from llmtrain_trainer.build import step_plan
 from llmtrain_trainer.config import ConfigError, TrainerConfig
+from llmtrain_trainer.memory_check import MemoryReport
 from llmtrain_trainer.parallelize import ParallelDims
 from llmtrain_trainer.precision import LossScaler
 from llmtrain_trainer.progress import (
@@ -262,6 +264,16 @@ def test_throughput_is_the_windows_tokens_over_its_wall_time_and_restarts_empty(
 def test_a_log_line_every_interval_steps_and_always_for_the_last_step():
     logged = [step for step in range(1, 26) if should_log(step, interval=10, total_steps=25)]
     assert logged == [10, 20, 25]
+
+
+def test_the_memory_estimate_is_logged_once_at_the_processes_second_step_or_its_last():
+    estimate = MemoryEstimate(1, 0, 2, 3, 0, 0, 0, phase="backward")
+    fresh = MemoryReport(estimate)
+    assert [step for step in range(1, 11) if fresh.due(step, total_steps=10)] == [2]  # step 1 creates AdamW state
+    resumed = MemoryReport(estimate)
+    assert [step for step in range(501, 1001) if resumed.due(step, total_steps=1000)] == [502]
+    one_step = MemoryReport(estimate)
+    assert [step for step in range(1, 2) if one_step.due(step, total_steps=1)] == [1]
 
 
 def test_checkpoints_are_saved_every_interval_steps_and_at_the_last_step():
