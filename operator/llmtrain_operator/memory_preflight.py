@@ -70,8 +70,9 @@ class Preflight:
 
 def preflight(spec: LLMTrainingJobSpec, gpu_memory_bytes: int | None) -> Preflight | None:
     """The check for a job whose pods request GPUs (None for a CPU job: its pods get no GPU); with
-    `gpu_memory_bytes` None (no node declares it) only the estimate, nothing is checked."""
-    if gpu_count(spec) < 1:
+    `gpu_memory_bytes` None (no node declares it) only the estimate, nothing is checked. A custom script's model is
+    unknown to the operator: None (its resources are still checked by the scheduler and Kueue)."""
+    if gpu_count(spec) < 1 or spec.custom:
         return None
     est = job_estimate(spec)
     status = MemoryEstimateStatus(peak_bytes=est.total, summary=est.summary(), gpu_memory_bytes=gpu_memory_bytes)

@@ -228,3 +228,11 @@ def test_the_note_goes_once_the_script_reports_progress():
 
     decision = reconcile(_custom_job(RUNNING), seen(pod(0), pod(1)), NOW, SETTINGS, Progress(step=3))
     assert cond(decision, "Running")["message"] == "all 2 node pods running"
+
+
+def test_memory_preflight_leaves_a_custom_script_to_the_scheduler_its_model_being_unknown():
+    from llmtrain_operator.memory_preflight import preflight
+
+    gpus = {"requests": {"nvidia.com/gpu": 8}, "limits": {"nvidia.com/gpu": 8}}
+    spec, errors = parse_spec({**CUSTOM, "procsPerNode": 8, "resources": gpus})
+    assert errors == [] and preflight(spec, 80 * 2**30) is None
