@@ -654,6 +654,21 @@ def success_policy(ctx: ReconcileContext) -> Decision | None:
     return None
 
 
+def _report_progress_unavailable(ctx: ReconcileContext, unreachable: MetricsUnreachable, timeout: int) -> None:
+    """Unreadable metrics are not a stall: once they have been unreadable for the grace, say so (Progressing=
+    Unknown, one Warning) instead of restarting a gang that may be training fine."""
+    grace = min(METRICS_GRACE_SECONDS, timeout or METRICS_GRACE_SECONDS)
+    left = (unreachable.since + timedelta(seconds=grace) - ctx.now).total_seconds()
+    if left > 0:
+        ctx.decision.requeue(left)
+        return
+    message = f"rank 0's metrics cannot be read, so stalls go undetected: {unreachable.message}"
+    progressing = ctx.condition("Progressing")
+    if progressing is None or progressing.reason != "ProgressUnavailable":
+        ctx.event("Warning", "ProgressUnavailable", message)
+    ctx.set_condition("Progressing", "Unknown", "ProgressUnavailable", message)
+
+
 def stall_policy(ctx: ReconcileContext) -> Decision | None:
     """A Running gang whose rank 0 has not advanced a step for stallTimeoutSeconds is hung (a deadlocked
     collective, a wedged filesystem): restart it (reason Stalled, counted against backoffLimit) with a Warning that
@@ -665,16 +680,7 @@ def stall_policy(ctx: ReconcileContext) -> Decision | None:
     timeout = ctx.spec.run_policy.stall_timeout_seconds
     unreachable = ctx.observed.metrics_unreachable
     if unreachable is not None:
-        grace = min(METRICS_GRACE_SECONDS, timeout or METRICS_GRACE_SECONDS)
-        left = (unreachable.since + timedelta(seconds=grace) - ctx.now).total_seconds()
-        if left > 0:
-            ctx.decision.requeue(left)
-            return None
-        message = f"rank 0's metrics cannot be read, so stalls go undetected: {unreachable.message}"
-        progressing = ctx.condition("Progressing")
-        if progressing is None or progressing.reason != "ProgressUnavailable":
-            ctx.event("Warning", "ProgressUnavailable", message)
-        ctx.set_condition("Progressing", "Unknown", "ProgressUnavailable", message)
+        _report_progress_unavailable(ctx, unreachable, timeout)
         return None
     progress = ctx.status.progress
     if progress is not None and progress.step is not None:
