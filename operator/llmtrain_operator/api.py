@@ -297,6 +297,11 @@ class LLMTrainingJobStatus(_Model):
     observed_generation: int | None = Field(None, description="metadata.generation the status was computed from.")
     progress: Progress | None = Field(None, description=Progress.__doc__)
     last_failure: FailureStreak | None = Field(None, description=FailureStreak.__doc__)
+    export_path: str | None = Field(
+        None,
+        description="Where the Succeeded run wrote its Hugging Face model (checkpoint.export), as the pods saw it: "
+        "a directory on the checkpoint volume.",
+    )
 
 
 class LLMTrainingJob(_Model):

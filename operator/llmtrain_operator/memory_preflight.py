@@ -42,7 +42,10 @@ def _config(spec: LLMTrainingJobSpec):
 
 
 def memory_errors(spec: LLMTrainingJobSpec, gpu_memory_bytes: int) -> list[FieldError]:
-    """An error naming the nearest fix when the job cannot fit even if the estimate is 15% high."""
+    """An error naming the nearest fix when the job cannot fit even if the estimate is 15% high (none for a
+    model.init job: its shape is on a volume the operator cannot read)."""
+    if spec.model.shape_on_volume:
+        return []
     cfg = _config(spec)
     est = cfg.estimate()
     if est.total * (1 - TOLERANCE) <= gpu_memory_bytes:
@@ -55,6 +58,8 @@ def memory_errors(spec: LLMTrainingJobSpec, gpu_memory_bytes: int) -> list[Field
 
 def memory_warning(spec: LLMTrainingJobSpec, gpu_memory_bytes: int) -> str | None:
     """Text for a Warning event when the estimate exceeds the GPU but within the estimator's error."""
+    if spec.model.shape_on_volume:
+        return None
     cfg = _config(spec)
     est = cfg.estimate()
     if est.fits(gpu_memory_bytes) or est.total * (1 - TOLERANCE) > gpu_memory_bytes:
