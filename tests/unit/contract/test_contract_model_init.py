@@ -61,6 +61,18 @@ def test_the_shape_of_an_init_model_is_unknown_before_the_trainer_reads_it():
     assert shape_known(resolved_fields(ModelSection(preset="tiny"), seq_len=8, tokenizer_vocab=None))
 
 
+def test_there_is_no_memory_estimate_before_the_shape_is_read():
+    from llmtrain_contract.memory import config_from_spec
+    from llmtrain_contract.sections import DataSection, ParallelismSection, TrainingSection
+
+    section = ModelSection.model_validate({"init": "/models/llama"})
+    training = TrainingSection(steps=1, global_batch_size=8)
+    with pytest.raises(ConfigError, match=r"^model\.init: "):
+        config_from_spec(
+            section, DataSection(), ParallelismSection(), training, precision="bf16", nodes=1, procs_per_node=8
+        )
+
+
 def test_export_needs_a_checkpoint_directory_to_write_under():
     assert CheckpointConfig().export == "none"
     assert CheckpointConfig(dir="/c", export="huggingface").export == "huggingface"
