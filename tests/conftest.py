@@ -25,7 +25,12 @@ MARKERS = {
     "slow": "launches real trainer processes (torchrun on CPU/gloo): seconds to minutes each",
 }
 TRAINER_UNIT_TESTS = REPO / "tests" / "unit" / "trainer"
-PURE_TRAINER_MODULES = {"test_trainer_pure.py", "test_trainer_data.py", "test_trainer_prepare.py"}
+PURE_TRAINER_MODULES = {
+    "test_trainer_pure.py",
+    "test_trainer_data.py",
+    "test_trainer_prepare.py",
+    "test_hf_job_config.py",
+}
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -32,6 +32,12 @@ from .sections import (
 class CheckpointConfig(CheckpointPolicy):
     dir: str | None = Field(None, description="Directory for checkpoints; none disables them.")
 
+    @model_validator(mode="after")
+    def _export_needs_dir(self) -> CheckpointConfig:
+        if self.export != "none" and not self.dir:
+            raise ValueError("checkpoint.export: writes under checkpoint.dir, which is not set")
+        return self
+
 
 class TrainerConfig(Section):
     """Everything one training run needs; the operator writes it, the trainer reads it."""

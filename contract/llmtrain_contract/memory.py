@@ -32,6 +32,7 @@ import math
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
+from .errors import ConfigError
 from .presets import ModelShape, resolved_fields
 
 if TYPE_CHECKING:
@@ -396,8 +397,10 @@ def config_from_spec(
 
     The vocabulary resolves as the trainer's does (model.vocabSize, else the preset's, else the tokenizer's); when
     none of them is known the smallest one the trainer accepts (the byte tokenizer's 256) is used and the estimate
-    is marked a lower bound.
+    is marked a lower bound. A model.init section has no shape here: ConfigError (check model.shape_on_volume).
     """
+    if model.shape_on_volume:
+        raise ConfigError("model.init: the shape is in its config.json, unknown until the trainer reads it")
     seq = data.seq_len
     if tokenizer_vocab is None and data.source != "synthetic" and not data.source.endswith(".bin"):
         tokenizer_vocab = KNOWN_TOKENIZER_VOCAB.get(data.tokenizer)

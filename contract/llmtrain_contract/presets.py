@@ -6,6 +6,7 @@ same resolution before any pod starts, so both always agree on what a preset mea
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
@@ -92,9 +93,17 @@ def default_ffn(dim: int) -> int:
     return 64 * math.ceil(8 * dim / 3 / 64)
 
 
+SHAPE_KEYS = tuple(f.name for f in dataclasses.fields(ModelShape) if f.name != "rope_scaling")
+
+
 def resolved_fields(model: ModelSection, *, seq_len: int, tokenizer_vocab: int | None) -> dict[str, object]:
     """Preset first, explicit fields override; vocab falls back to the tokenizer's (None if unknown), context to
-    the data's sequence length. kvHeads follows an explicit heads override rather than the preset's."""
+    the data's sequence length. kvHeads follows an explicit heads override rather than the preset's.
+
+    With model.init the shape is in a config.json on a volume: every value is None (unknown here), so checks
+    that need the shape skip it and the trainer, which reads the file, checks it at start-up."""
+    if model.shape_on_volume:
+        return dict.fromkeys(SHAPE_KEYS)
     base = PRESETS[model.preset] if model.preset else None
     dim = model.dim or base.dim
     heads = model.heads or base.n_heads
@@ -114,7 +123,14 @@ def resolved_fields(model: ModelSection, *, seq_len: int, tokenizer_vocab: int |
     }
 
 
+def shape_known(fields: dict[str, object]) -> bool:
+    """Whether resolved_fields could tell the shape (False with model.init: it is on a volume)."""
+    return fields["dim"] is not None
+
+
 def resolve_shape(model: ModelSection, *, seq_len: int, tokenizer_vocab: int | None) -> ModelShape:
+    if model.shape_on_volume:
+        raise ConfigError("model.init: the shape is the Hugging Face config.json's; read it with load_hf_model_args")
     fields = resolved_fields(model, seq_len=seq_len, tokenizer_vocab=tokenizer_vocab)
     if fields["vocab_size"] is None:
         raise ConfigError("model.vocabSize: required when there is no preset and the data has no tokenizer")

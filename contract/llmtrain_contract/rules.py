@@ -21,8 +21,28 @@ CEL_WARMUP_BELOW_STEPS: dict[str, str] = {
     "fieldPath": ".schedule.warmupSteps",
 }
 CEL_PRESET_OR_DIMS: dict[str, str] = {
-    "rule": "has(self.preset) || (has(self.dim) && has(self.layers) && has(self.heads))",
-    "message": "set model.preset, or model.dim, model.layers and model.heads",
+    "rule": "has(self.init) || has(self.preset) || (has(self.dim) && has(self.layers) && has(self.heads))",
+    "message": "set model.init, model.preset, or model.dim, model.layers and model.heads",
+}
+# model.init takes the whole shape from the Hugging Face config.json: a second statement of it could only repeat
+# it or contradict it, and the operator cannot read the volume to tell which.
+MODEL_SHAPE_FIELDS = (
+    "preset",
+    "dim",
+    "layers",
+    "heads",
+    "kvHeads",
+    "ffnDim",
+    "vocabSize",
+    "maxSeqLen",
+    "tieEmbeddings",
+    "ropeTheta",
+    "normEps",
+)
+CEL_INIT_ALONE: dict[str, str] = {
+    "rule": "!has(self.init) || !(" + " || ".join(f"has(self.{name})" for name in MODEL_SHAPE_FIELDS) + ")",
+    "message": "model.init takes the shape from its config.json: leave model.preset and the dimensions unset",
+    "fieldPath": ".init",
 }
 CEL_HEADS_MULTIPLE_OF_KV: dict[str, str] = {
     "rule": "!has(self.heads) || !has(self.kvHeads) || self.heads % self.kvHeads == 0",
@@ -47,9 +67,18 @@ def warmup_problem(warmup_steps: int, steps: int) -> Problem | None:
     return None
 
 
-def missing_model_dims(preset: str | None, dims: dict[str, int | None]) -> list[str]:
-    """Without a preset, dim, layers and heads must be given (the CEL rule CEL_PRESET_OR_DIMS, in Python)."""
-    return [] if preset is not None else [name for name, value in dims.items() if value is None]
+def missing_model_dims(preset: str | None, dims: dict[str, int | None], *, init: str | None = None) -> list[str]:
+    """Without model.init or a preset, dim, layers and heads must be given (CEL_PRESET_OR_DIMS, in Python)."""
+    if init is not None or preset is not None:
+        return []
+    return [name for name, value in dims.items() if value is None]
+
+
+def init_conflicts(init: str | None, shape_fields: dict[str, object]) -> list[str]:
+    """With model.init, the shape fields (by wire name) that are set but must not be (CEL_INIT_ALONE, in Python)."""
+    if init is None:
+        return []
+    return [name for name in MODEL_SHAPE_FIELDS if shape_fields.get(name) is not None]
 
 
 def batch_problem(global_batch_size: int, micro_batch_size: int, data_parallel: int) -> Problem | None:

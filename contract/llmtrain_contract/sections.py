@@ -14,7 +14,15 @@ from pydantic.alias_generators import to_camel
 
 from .metrics import DEFAULT_METRICS_PORT
 from .presets import PresetName
-from .rules import CEL_HEADS_MULTIPLE_OF_KV, CEL_PRESET_OR_DIMS, CEL_SOURCE_OR_SOURCES, cel, missing_model_dims
+from .rules import (
+    CEL_HEADS_MULTIPLE_OF_KV,
+    CEL_INIT_ALONE,
+    CEL_PRESET_OR_DIMS,
+    CEL_SOURCE_OR_SOURCES,
+    cel,
+    init_conflicts,
+    missing_model_dims,
+)
 
 Precision = Literal["bf16", "fp16", "fp32"]
 
@@ -26,10 +34,19 @@ class Section(BaseModel):
 
 
 class ModelSection(Section):
-    """Transformer shape: a preset (shapes defined by the contract), optionally overridden by explicit dimensions."""
+    """Transformer shape: a preset (shapes defined by the contract), optionally overridden by explicit dimensions;
+    or a Hugging Face Llama to start from (init), whose config.json is the shape."""
 
-    model_config = ConfigDict(json_schema_extra=cel(CEL_PRESET_OR_DIMS, CEL_HEADS_MULTIPLE_OF_KV))
+    model_config = ConfigDict(json_schema_extra=cel(CEL_PRESET_OR_DIMS, CEL_INIT_ALONE, CEL_HEADS_MULTIPLE_OF_KV))
 
+    init: str | None = Field(
+        None,
+        min_length=1,
+        description="Start from a Hugging Face Llama: a directory on a mounted volume (podTemplate) holding "
+        "config.json and model.safetensors (or shards and their index). Its config.json is the shape, so preset "
+        "and the dimensions below stay unset. The weights are loaded at step 0 only: a restarted run resumes from "
+        "its own checkpoints.",
+    )
     preset: PresetName | None = Field(None, description="Named model shape; explicit dimensions below override it.")
     dim: int | None = Field(None, ge=8, description="Hidden size.")
     layers: int | None = Field(None, ge=1, description="Number of transformer blocks.")
@@ -44,10 +61,20 @@ class ModelSection(Section):
 
     @model_validator(mode="after")
     def _preset_or_dims(self) -> ModelSection:
-        missing = missing_model_dims(self.preset, {"dim": self.dim, "layers": self.layers, "heads": self.heads})
+        conflicts = init_conflicts(self.init, self.model_dump(by_alias=True, exclude={"init"}))
+        if conflicts:
+            fields = ", ".join(f"model.{name}" for name in conflicts)
+            raise ValueError(f"model.init takes the shape from its config.json: unset {fields}")
+        dims = {"dim": self.dim, "layers": self.layers, "heads": self.heads}
+        missing = missing_model_dims(self.preset, dims, init=self.init)
         if missing:
-            raise ValueError(f"set model.preset, or give model {', '.join(missing)}")
+            raise ValueError(f"set model.init or model.preset, or give model {', '.join(missing)}")
         return self
+
+    @property
+    def shape_on_volume(self) -> bool:
+        """The shape is in model.init's config.json, which only the trainer can read (not the operator)."""
+        return self.init is not None
 
 
 class WeightedSource(Section):
@@ -173,6 +200,12 @@ class CheckpointPolicy(Section):
     keep: int = Field(3, ge=1, description="Keep the newest this many complete checkpoints.")
     async_save: bool = Field(False, description="Write checkpoints in the background.")
     save_on_sigterm: bool = Field(True, description="Save when SIGTERM arrives (pod deletion, preemption).")
+    export: Literal["none", "huggingface"] = Field(
+        "none",
+        description="At the end of a successful run, also write the final model as a Hugging Face Llama directory "
+        "(config.json, safetensors, the data.tokenizer 'hf:' files) to <checkpoint dir>/huggingface, in the "
+        "training precision (fp32 runs: float32; bf16/fp16: that type). status.exportPath says where.",
+    )
 
 
 class MetricsSection(Section):

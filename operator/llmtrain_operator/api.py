@@ -444,6 +444,11 @@ class LLMTrainingJobStatus(_Model):
     progress: Progress | None = Field(None, description=Progress.__doc__)
     last_failure: FailureStreak | None = Field(None, description=FailureStreak.__doc__)
     memory_estimate: MemoryEstimateStatus | None = Field(None, description=MemoryEstimateStatus.__doc__)
+    export_path: str | None = Field(
+        None,
+        description="Where the Succeeded run wrote its Hugging Face model (checkpoint.export), as the pods saw it: "
+        "a directory on the checkpoint volume.",
+    )
 
 
 class LLMTrainingJob(_Model):

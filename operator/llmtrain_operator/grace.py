@@ -7,9 +7,10 @@ model, and the next attempt resumes from an older one. The default is derived fr
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
-from llmtrain_contract.presets import resolved_fields
+from llmtrain_contract.presets import PRESETS, resolved_fields, shape_known
 
 from .api import LLMTrainingJobSpec
 
@@ -21,11 +22,15 @@ CHECKPOINT_BYTES_PER_PARAM = 12
 # period that is too long costs nothing unless a pod hangs, one that is too short loses the save.
 CHECKPOINT_WRITE_BYTES_PER_SECOND = 200e6
 UNKNOWN_VOCAB = 128_256  # the vocabulary comes from the tokenizer and is not known here: assume a large one
+# model.init's shape is on a volume the operator cannot read: assume an 8B model (runPolicy can say otherwise)
+UNKNOWN_SHAPE = "llama-8b"
 
 
 def parameter_count(spec: LLMTrainingJobSpec) -> int:
     """Weights of the Llama-style decoder the spec resolves to (embeddings, attention, SwiGLU, norms, output)."""
     shape = resolved_fields(spec.model, seq_len=spec.data.seq_len, tokenizer_vocab=UNKNOWN_VOCAB)
+    if not shape_known(shape):
+        shape = dataclasses.asdict(PRESETS[UNKNOWN_SHAPE])
 
     def size(key: str) -> int:
         return int(shape[key])  # type: ignore[call-overload]

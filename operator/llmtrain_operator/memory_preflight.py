@@ -37,7 +37,10 @@ def _config(spec: LLMTrainingJobSpec):
 
 
 def memory_errors(spec: LLMTrainingJobSpec, gpu_memory_bytes: int) -> list[FieldError]:
-    """An error naming the nearest fix when the job cannot fit even if the estimate is 15% high."""
+    """An error naming the nearest fix when the job cannot fit even if the estimate is 15% high (none for a
+    model.init job: its shape is on a volume the operator cannot read)."""
+    if spec.model.shape_on_volume:
+        return []
     cfg = _config(spec)
     est = cfg.estimate()
     if est.total * (1 - TOLERANCE) <= gpu_memory_bytes:
@@ -50,6 +53,8 @@ def memory_errors(spec: LLMTrainingJobSpec, gpu_memory_bytes: int) -> list[Field
 
 def memory_warning(spec: LLMTrainingJobSpec, gpu_memory_bytes: int) -> str | None:
     """Text for a Warning event when the estimate exceeds the GPU but within the estimator's error."""
+    if spec.model.shape_on_volume:
+        return None
     cfg = _config(spec)
     est = cfg.estimate()
     if est.fits(gpu_memory_bytes) or est.total * (1 - TOLERANCE) > gpu_memory_bytes:
@@ -72,8 +77,8 @@ def preflight(spec: LLMTrainingJobSpec, gpu_memory_bytes: int | None) -> Preflig
     """The check for a job whose pods request GPUs (None for a CPU job: its pods get no GPU); with
     `gpu_memory_bytes` None (no node declares it) only the estimate, nothing is checked. A custom script's model is
     unknown to the operator: None (its resources are still checked by the scheduler and Kueue)."""
-    if gpu_count(spec) < 1 or spec.custom:
-        return None
+    if gpu_count(spec) < 1 or spec.custom or spec.model.shape_on_volume:
+        return None  # (model.init: the shape is in a config.json on a volume the operator cannot read)
     est = job_estimate(spec)
     status = MemoryEstimateStatus(peak_bytes=est.total, summary=est.summary(), gpu_memory_bytes=gpu_memory_bytes)
     if gpu_memory_bytes is None:

@@ -347,7 +347,17 @@ def succeed_job(ctx: ReconcileContext, policy: RunPolicy, pods: list[PodView]) -
     ctx.set_condition("Running", "False", "Completed", message)
     ctx.settle_restarting("Completed", message)
     ctx.event("Normal", "Succeeded", message)
+    if summary is not None:
+        record_export(ctx, summary)
     return finish_job(ctx, policy)
+
+
+def record_export(ctx: ReconcileContext, summary: dict[str, Any]) -> None:
+    """status.exportPath and an Exported event when rank 0 wrote a Hugging Face model (checkpoint.export)."""
+    path = summary.get("export")
+    if isinstance(path, str) and path:
+        ctx.status.export_path = path
+        ctx.event("Normal", "Exported", f"Hugging Face model written to {path}")
 
 
 def finish_job(ctx: ReconcileContext, policy: RunPolicy) -> Decision:

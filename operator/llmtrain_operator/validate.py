@@ -117,6 +117,7 @@ def _parallelism(spec: LLMTrainingJobSpec) -> list[FieldError]:
         )
     # The shape as the trainer will resolve it; the vocabulary may still come from the tokenizer (unknown here).
     assert spec.model is not None  # the built-in trainer's (the spec's validator requires it)
+    # With model.init every size is unknown here (its config.json is on a volume): the trainer checks them.
     shape = resolved_fields(spec.model, seq_len=spec.data.seq_len, tokenizer_vocab=None)
     return errors + _spec_errors(tensor_parallel_problems(tensor_parallel_dims(shape), tp))
 

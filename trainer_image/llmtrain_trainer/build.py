@@ -21,6 +21,7 @@ from .data import BatchSampler, load_tokens, tokenizer_vocab
 from .distributed import Runtime, StopRequest
 from .evaluate import EvalSampler, eval_sampler_for
 from .hf_checkpoint import fill_parameters
+from .hf_job import import_init_weights, init_model_args
 from .log import RunLog
 from .memory_check import MemoryReport, run_estimate
 from .metrics import Metrics, peak_flops
@@ -119,21 +120,27 @@ def build_trainer(cfg: TrainerConfig, runtime: Runtime, stop: StopRequest) -> Tr
         eval_sampler=eval_sampler,
         memory=MemoryReport(run_estimate(cfg, args, dims, accum=plan.micro_batches, device_type=runtime.device.type)),
     )
-    if trainer.checkpointer is not None:
-        resume_from_latest(trainer)
+    resumed = trainer.checkpointer is not None and resume_from_latest(trainer)
+    if cfg.model.init is not None and not resumed:
+        import_init_weights(trainer.model, cfg.model.init, log)  # step 0 only: a restart resumes our checkpoint
     return trainer
 
 
 def checked_model_args(cfg: TrainerConfig, dims: ParallelDims) -> ModelArgs:
-    """The model's shape from preset, fields and tokenizer; ConfigError when it cannot work on this mesh."""
+    """The model's shape from model.init's config.json, or from preset, fields and tokenizer; ConfigError when it
+    cannot work on this mesh."""
     vocab_needed = tokenizer_vocab(cfg.data)
-    args = resolve_model_args(cfg.model, seq_len=cfg.data.seq_len, tokenizer_vocab=vocab_needed)
+    if cfg.model.init is not None:
+        args, vocab_field = init_model_args(cfg.model.init, seq_len=cfg.data.seq_len), "model.init: vocab_size"
+    else:
+        args = resolve_model_args(cfg.model, seq_len=cfg.data.seq_len, tokenizer_vocab=vocab_needed)
+        vocab_field = "model.vocabSize:"
     problems = validate_model_args(args)
     if problems:
         raise ConfigError("; ".join(problems))
     check_model_fits(dims, args)
     if vocab_needed and vocab_needed > args.vocab_size:
-        raise ConfigError(f"model.vocabSize: {args.vocab_size} is smaller than the tokenizer's {vocab_needed}")
+        raise ConfigError(f"{vocab_field} {args.vocab_size} is smaller than the tokenizer's {vocab_needed}")
     return args
 
 
@@ -236,9 +243,12 @@ def build_checkpointer(cfg: TrainerConfig, runtime: Runtime, log: RunLog, args: 
     )
 
 
-def resume_from_latest(trainer: Trainer) -> None:
-    """Load the newest complete checkpoint if there is one: model and optimizer shards, then this rank's state."""
+def resume_from_latest(trainer: Trainer) -> bool:
+    """Load the newest complete checkpoint if there is one: model and optimizer shards, then this rank's state.
+    False when there is none (a fresh start)."""
     state = trainer.checkpointer.load_latest(trainer.model, trainer.optimizer)
-    if state is not None:
-        trainer.load_state_dict(state)
-        trainer.metrics.record_checkpoint(trainer.progress.step, 0.0)
+    if state is None:
+        return False
+    trainer.load_state_dict(state)
+    trainer.metrics.record_checkpoint(trainer.progress.step, 0.0)
+    return True

@@ -57,7 +57,12 @@ def resolve_checkpoint_args(checkpoint: str | os.PathLike, config: str | os.Path
 
         cfg = load_config(config)
         vocab = shapes.get("tok_embeddings.weight", (None,))[0]
-        args = resolve_model_args(cfg.model, seq_len=cfg.data.seq_len, tokenizer_vocab=vocab)
+        if cfg.model.init is not None:  # the run's shape was its model.init's config.json, as the trainer read it
+            from .hf_checkpoint import load_hf_model_args
+
+            args = load_hf_model_args(cfg.model.init, min_seq_len=cfg.data.seq_len)
+        else:
+            args = resolve_model_args(cfg.model, seq_len=cfg.data.seq_len, tokenizer_vocab=vocab)
         source = str(config)
     elif root.is_file():
         args, source = model_args_from_json(json.loads(root.read_text())), str(root)

@@ -145,9 +145,9 @@ class Metrics:
     def record_eval(self, step: int, loss: float, perplexity: float) -> None:
         """The validation series appear only after the first evaluation (no sample before: no misleading 0)."""
         if self.training:
-            self._l(self.eval_loss).set(loss)
-            self._l(self.eval_ppl).set(perplexity)
-            self._l(self.eval_step).set(step)
+            self._labelled(self.eval_loss).set(loss)
+            self._labelled(self.eval_ppl).set(perplexity)
+            self._labelled(self.eval_step).set(step)
 
     def record_memory(self) -> None:
         if not self.enabled:

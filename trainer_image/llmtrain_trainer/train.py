@@ -5,7 +5,7 @@
         outcome = train_step(trainer)   step.py: forward/backward, clip, one all-reduce, optimizer update
         after_step(trainer, outcome)    here: divergence, metrics, the log line, checkpoints
         SIGTERM before the last step? the state is saved: exit 143
-    finish(trainer)                     here: publish the last save, the termination message
+    finish(trainer)                     here: publish the last save, export (checkpoint.export), the termination message
 
 Every decision (log? save? stop?) is taken on values all ranks agreed on, so all ranks take it at the same step.
 """
@@ -20,6 +20,7 @@ from .config import TrainerConfig
 from .distributed import Runtime, StopRequest
 from .evaluate import eval_due, evaluate
 from .exit_codes import EXIT_OK, EXIT_SIGTERM, write_termination_message
+from .hf_job import export_final_model
 from .memory_check import measured_peak, memory_record
 from .metrics import Metrics, memory_stats, mfu
 from .progress import (
@@ -193,10 +194,12 @@ def stop_on_sigterm(trainer: Trainer) -> int:
 
 
 def finish(trainer: Trainer) -> int:
-    """Publish the last save, log `done` and leave the operator a termination message (rank 0)."""
-    progress = trainer.progress
+    """Publish the last save, export the model (checkpoint.export), log `done` and leave the operator a termination
+    message (rank 0)."""
+    progress, cfg = trainer.progress, trainer.cfg
     if trainer.checkpointer is not None:
         publish_pending(trainer.checkpointer, trainer.metrics)
+    exported = export_final_model(trainer.model, cfg.checkpoint, cfg.data, cfg.precision, trainer.log)
     trainer.log("done", step=progress.step, tokens=progress.tokens, skipped_total=trainer.scaler.skipped_steps)
     if trainer.runtime.rank == 0:
         write_termination_message(
@@ -206,6 +209,7 @@ def finish(trainer: Trainer) -> int:
             totalSteps=trainer.cfg.training.steps,
             loss=finite_or_none(progress.last_loss),
             lastCheckpointStep=newest_checkpoint_step(trainer.checkpointer),
+            export=None if exported is None else str(exported),
         )
     trainer.metrics.close()
     return EXIT_OK

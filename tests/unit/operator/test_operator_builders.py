@@ -67,6 +67,7 @@ def test_config_map_holds_the_trainer_config_json(gpu_spec):
         "keep": 2,
         "asyncSave": True,
         "saveOnSigterm": True,
+        "export": "none",
     }
     assert config["metrics"]["port"] == 9100
 

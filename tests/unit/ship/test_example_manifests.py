@@ -31,6 +31,7 @@ EXPECTED = {
     "with-kueue.yaml",
     "prepare-data-job.yaml",
     "llama-1b-shards.yaml",
+    "llama-from-hf.yaml",
 }
 
 
@@ -107,6 +108,15 @@ def test_kueue_example_is_queued_not_suspended():
     spec = _spec("with-kueue.yaml")
     assert spec.scheduling.queue_name == "team-a"
     assert spec.run_policy.suspend is False  # Kueue's gate holds the pods; nothing to un-suspend by hand
+
+
+def test_llama_from_hf_starts_from_a_mounted_hugging_face_model_and_exports_one():
+    spec = _spec("llama-from-hf.yaml")
+    mounts = {m["mountPath"] for m in spec.pod_template.volume_mounts}
+    assert spec.model.init is not None and spec.model.preset is None
+    assert any(spec.model.init.startswith(f"{mount}/") for mount in mounts), "model.init must be on a mounted volume"
+    assert spec.data.tokenizer == f"hf:{spec.model.init}/tokenizer.json"  # the model's own tokenizer travels along
+    assert spec.checkpoint is not None and spec.checkpoint.export == "huggingface"
 
 
 def test_prepare_data_job_runs_the_preparation_tool_with_flags_it_accepts():

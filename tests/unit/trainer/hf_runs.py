@@ -74,6 +74,23 @@ def hf_logits(model, tokens=TOKENS) -> torch.Tensor:
         return model(torch.tensor(tokens)).logits
 
 
+def checkpoint_model(step_dir: Path):
+    """Our model filled from a DCP checkpoint's step directory directly (the reference for exported files)."""
+    import warnings
+
+    import torch.distributed.checkpoint as dcp
+    from llmtrain_trainer.hf_checkpoint import MODEL_ARGS_FILE, model_args_from_json
+    from llmtrain_trainer.model import Transformer
+
+    model = Transformer(model_args_from_json(json.loads((step_dir / MODEL_ARGS_FILE).read_text())))
+    state = {"model": model.state_dict()}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "torch.distributed is disabled": one process is the intent
+        dcp.load(state, checkpoint_id=str(step_dir), no_dist=True)
+    model.load_state_dict(state["model"])
+    return model.eval()
+
+
 def run_scenario(scenario: str, layout: str, workdir: Path, **spec) -> dict:
     """Run hf_worker.py's scenario in `layout` (1 process, or torchrun on gloo); rank 0's results."""
     nproc, mesh = LAYOUTS[layout]

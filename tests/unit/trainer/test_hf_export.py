@@ -9,12 +9,11 @@ import os
 import shutil
 import subprocess
 import sys
-import warnings
 from dataclasses import replace
 
 import pytest
 import torch
-from hf_runs import LOGITS_ATOL, TINY_ARGS, TOKENS, hf_logits, run_scenario, tiny_hf_model
+from hf_runs import LOGITS_ATOL, TINY_ARGS, TOKENS, checkpoint_model, hf_logits, run_scenario, tiny_hf_model
 from llmtrain_trainer.config import ConfigError
 from llmtrain_trainer.hf_checkpoint import (
     INDEX_FILE,
@@ -189,20 +188,6 @@ def export_cli(*args) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO / "trainer_image"), os.environ.get("PYTHONPATH", "")]))
     cmd = [sys.executable, "-m", "llmtrain_trainer", "export", *map(str, args)]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
-
-
-def checkpoint_model(step_dir) -> Transformer:
-    """Our model filled from the DCP checkpoint directly (the reference for the exported files)."""
-    import torch.distributed.checkpoint as dcp
-    from llmtrain_trainer.hf_checkpoint import model_args_from_json
-
-    model = Transformer(model_args_from_json(json.loads((step_dir / MODEL_ARGS_FILE).read_text())))
-    state = {"model": model.state_dict()}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # "torch.distributed is disabled": one process is the intent
-        dcp.load(state, checkpoint_id=str(step_dir), no_dist=True)
-    model.load_state_dict(state["model"])
-    return model.eval()
 
 
 def test_checkpoints_describe_their_model(trained):
