@@ -50,6 +50,9 @@ def kubectl(*args: str, **kw) -> subprocess.CompletedProcess[str]:
 def install_operator() -> None:
     helm = str(paths.binary("helm"))
     say("installing the operator with helm (charts/llmtrain-operator) into namespace llmtrain-system")
+    # The demo's operator watches only the demo's namespace, so it never acts on the jobs of a later `make test`
+    # (whose operators watch their own namespaces) on the same cluster.
+    kubectl("create", "namespace", NAMESPACE, check=False, quiet=True)
     run(
         helm,
         "upgrade",
@@ -68,6 +71,8 @@ def install_operator() -> None:
         "image.tag=dev",
         "--set",
         "resyncSeconds=2",  # progress in status every 2 s: the demo job is short
+        "--set",
+        f"watchNamespaces={{{NAMESPACE}}}",
         quiet=True,
     )
     kubectl("-n", OPERATOR_NAMESPACE, "rollout", "status", "deployment", "--timeout=180s", quiet=True)
