@@ -41,6 +41,7 @@ BUILTIN_KINDS = {
     "ConfigMap",
     "CustomResourceDefinition",
     "Deployment",
+    "Job",
     "PersistentVolumeClaim",
     "Pod",
     "Role",
