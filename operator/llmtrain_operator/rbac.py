@@ -30,6 +30,11 @@ RULES: list[dict[str, list[str]]] = [
 ]
 
 
+# Cluster-scoped resources among RULES: granted cluster-wide even when the operator watches listed namespaces (kopf's
+# discovery of CRDs and namespaces; nodes' GPU memory for the memory preflight). Read-only.
+CLUSTER_SCOPED_RESOURCES = frozenset({"customresourcedefinitions", "namespaces", "nodes"})
+
+
 def allows(api_group: str, resource: str, verb: str, rules: list[dict[str, list[str]]] | None = None) -> bool:
     """Whether `rules` (default: RULES) grant verb on group/resource."""
     return any(

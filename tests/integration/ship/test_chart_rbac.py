@@ -16,12 +16,12 @@ import pytest
 import yaml
 from kubernetes import client
 from kubernetes.client.rest import ApiException
-from llmtrain_operator.rbac import RULES
+from llmtrain_operator.rbac import CLUSTER_SCOPED_RESOURCES, RULES
 from llmtrain_testbed.testing import wait_for
 
 from .chart_on_cluster import REPO, as_list, find, render, unique
 
-CLUSTER_SCOPED = {"customresourcedefinitions", "namespaces"}
+CLUSTER_SCOPED = CLUSTER_SCOPED_RESOURCES
 PERMISSIONS = {(g, r, v) for rule in RULES for g in rule["apiGroups"] for r in rule["resources"] for v in rule["verbs"]}
 FORBIDDEN = [
     ("", "secrets", "get"),

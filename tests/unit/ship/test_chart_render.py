@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 import yaml
-from llmtrain_operator.rbac import LEADER_ELECTION_RULES, RULES
+from llmtrain_operator.rbac import CLUSTER_SCOPED_RESOURCES, LEADER_ELECTION_RULES, RULES
 
 from .chart_tools import (
     CHART,
@@ -78,7 +78,7 @@ FULL_VALUES: dict[str, Any] = {
         }
     },
 }
-CLUSTER_SCOPED = {"customresourcedefinitions", "namespaces", "nodes"}
+CLUSTER_SCOPED = CLUSTER_SCOPED_RESOURCES
 
 
 def _permissions(rules: list[dict[str, Any]]) -> set[tuple[str, str, str]]:
