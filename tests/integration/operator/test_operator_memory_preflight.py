@@ -11,22 +11,17 @@ from collections.abc import Iterator
 import pytest
 from llmtrain_testbed.testing import Cluster
 
-from .kube import CRD, Kube, OperatorProcess, job_manifest, running_operator
+from .kube import Kube, OperatorProcess, job_manifest, running_operator
 
 GPU_MEMORY_LABEL = "nvidia.com/gpu.memory"
 H200_MIB = 143_771
 ONE_GPU = {"requests": {"cpu": "10m", "memory": "32Mi", "nvidia.com/gpu": 1}, "limits": {"nvidia.com/gpu": 1}}
 
 
-@pytest.fixture(scope="module")
-def crd(cluster: Cluster) -> None:
-    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
-    cluster.kubectl("wait", "--for=condition=Established", "crd/llmtrainingjobs.llmtrain.dev", "--timeout=60s")
-
-
 @pytest.fixture
 def h200_nodes(cluster: Cluster) -> Iterator[list[str]]:
-    """Every GPU node of the test bed labelled as an H200 for the test, unlabelled afterwards."""
+    """Every GPU node of the test bed labelled as an H200 for the test (the process kubelet already registers them
+    so), each node's own label put back afterwards."""
     if not cluster.is_testbed:
         pytest.skip("relabels the cluster's GPU nodes; on a real cluster GPU feature discovery sets the label")
     nodes = json.loads(cluster.kubectl("get", "nodes", "-o", "json").stdout)["items"]
@@ -36,16 +31,15 @@ def h200_nodes(cluster: Cluster) -> Iterator[list[str]]:
         if int((node.get("status", {}).get("allocatable") or {}).get("nvidia.com/gpu", "0")) > 0
     ]
     assert names, "the test bed's nodes advertise nvidia.com/gpu"
+    before = {node["metadata"]["name"]: node["metadata"].get("labels", {}).get(GPU_MEMORY_LABEL) for node in nodes}
     cluster.kubectl("label", "node", *names, f"{GPU_MEMORY_LABEL}={H200_MIB}", "--overwrite")
     try:
         yield names
     finally:
-        cluster.kubectl("label", "node", *names, f"{GPU_MEMORY_LABEL}-", check=False)
-
-
-@pytest.fixture
-def kube(cluster: Cluster, namespace: str, crd: None) -> Kube:
-    return Kube(cluster, namespace)
+        for name in names:
+            value = before.get(name)
+            label = f"{GPU_MEMORY_LABEL}={value}" if value else f"{GPU_MEMORY_LABEL}-"
+            cluster.kubectl("label", "node", name, label, "--overwrite", check=False)
 
 
 @pytest.fixture
