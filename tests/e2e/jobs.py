@@ -140,9 +140,9 @@ def rank0_log(cluster: Cluster, namespace: str, job_name: str) -> str:
     core = client.CoreV1Api(cluster.api_client)
     for pod in sorted(node_pods(cluster, namespace, job_name), key=lambda p: p.metadata.name):
         try:
-            log = core.read_namespaced_pod_log(pod.metadata.name, namespace, container="trainer")
+            log = core.read_namespaced_pod_log(pod.metadata.name, namespace, container="trainer") or ""
         except client.ApiException:
-            continue
+            continue  # the container has not started yet (an empty log reads as None, not "")
         if f"[llmtrain job={job_name} rank=0]" in log:
             return log
     return ""
