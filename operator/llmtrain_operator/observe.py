@@ -117,11 +117,6 @@ class Failure:
     message: str
 
 
-def trainer_report(message: str | None) -> dict[str, Any] | None:
-    """The trainer's JSON termination record ({"llmtrain": true, "exitCode": 78, ...}), if the message holds one."""
-    return parse_termination_record(message)
-
-
 def classify_failure(pod: PodView) -> Failure:
     """Why a pod of the current attempt is not going to finish, and whether restarting the gang can help."""
     where = f"node {pod.rank} ({pod.name})"
@@ -131,7 +126,7 @@ def classify_failure(pod: PodView) -> Failure:
         reason = pod.reason or "Disrupted"
         detail = pod.disruption or pod.message or "disrupted"
         return Failure("disruption", reason, f"{where}: {reason}: {detail}")
-    report = trainer_report(pod.termination_message)
+    report = parse_termination_record(pod.termination_message)
     if report is not None:
         code = report.get("exitCode")
         reason = str(report.get("reason") or PERMANENT_EXIT_CODES.get(code, "Error"))

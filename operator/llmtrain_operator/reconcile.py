@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from llmtrain_contract.exit_codes import parse_termination_record
 from pydantic import ValidationError
 
 from .api import (
@@ -57,7 +58,7 @@ from .builders import JobRef, build_config_map, build_pod, build_service
 from .constants import ANNOTATION_DEV_COMMAND, config_map_name, pod_group_name, pod_name, service_name
 from .gang import GangMode, GangUnavailable, build_pod_group, gang_mode, place_in_gang
 from .memory_preflight import preflight
-from .observe import Failure, PodView, classify_failure, pending_reason, trainer_report
+from .observe import Failure, PodView, classify_failure, pending_reason
 from .progress import final_progress, with_step_time
 from .timestamps import parse_time, rfc3339
 from .validate import parse_spec, procs_per_node, validate_spec
@@ -337,7 +338,7 @@ def fail_job(ctx: ReconcileContext, reason: str, message: str, policy: RunPolicy
 def succeed_job(ctx: ReconcileContext, policy: RunPolicy, pods: list[PodView]) -> Decision:
     """Succeeded; progress is completed from the exit summary a rank wrote to its termination message."""
     ctx.status.phase = "Succeeded"
-    reports = (trainer_report(pod.termination_message) for pod in pods)
+    reports = (parse_termination_record(pod.termination_message) for pod in pods)
     summary = next((report for report in reports if report and "step" in report), None)
     if summary is not None:
         ctx.status.progress = final_progress(ctx.status.progress, summary)
