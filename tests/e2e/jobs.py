@@ -135,14 +135,23 @@ def kill_one_worker(cluster: Cluster, namespace: str, job_name: str) -> str:
     return f"a worker in {pod}"
 
 
-def rank0_log(cluster: Cluster, namespace: str, job_name: str) -> str:
-    """The log of the node pod that hosts global rank 0 (c10d rendezvous does not promise it is node 0)."""
+def trainer_logs(cluster: Cluster, namespace: str, job_name: str) -> dict[str, str]:
+    """Each started node pod's trainer log by pod name ("" while a just-restarted container has printed nothing:
+    the client reads an empty log as None); pods whose container has not started are left out."""
     core = client.CoreV1Api(cluster.api_client)
+    logs = {}
     for pod in sorted(node_pods(cluster, namespace, job_name), key=lambda p: p.metadata.name):
         try:
-            log = core.read_namespaced_pod_log(pod.metadata.name, namespace, container="trainer") or ""
+            log = core.read_namespaced_pod_log(pod.metadata.name, namespace, container="trainer")
+            logs[pod.metadata.name] = log or ""
         except client.ApiException:
-            continue  # the container has not started yet (an empty log reads as None, not "")
+            continue
+    return logs
+
+
+def rank0_log(cluster: Cluster, namespace: str, job_name: str) -> str:
+    """The log of the node pod that hosts global rank 0 (c10d rendezvous does not promise it is node 0)."""
+    for log in trainer_logs(cluster, namespace, job_name).values():
         if f"[llmtrain job={job_name} rank=0]" in log:
             return log
     return ""

@@ -20,7 +20,7 @@ from kubernetes import client
 from kubernetes.client.rest import ApiException
 from llmtrain_testbed.testing import Cluster, wait_for
 
-from .jobs import REPO, checkpoint_claim, create_job, node_pods, progress, status, wait_phase
+from .jobs import REPO, checkpoint_claim, create_job, progress, status, trainer_logs, wait_phase
 
 EXAMPLES = REPO / "examples" / "custom"
 
@@ -51,14 +51,7 @@ def custom_job(
 
 
 def pod_logs(cluster: Cluster, namespace: str, name: str) -> str:
-    core = client.CoreV1Api(cluster.api_client)
-    logs = []
-    for pod in sorted(node_pods(cluster, namespace, name), key=lambda p: p.metadata.name):
-        try:
-            logs.append(core.read_namespaced_pod_log(pod.metadata.name, namespace, container="trainer"))
-        except client.ApiException:
-            continue
-    return "\n".join(logs)
+    return "\n".join(trainer_logs(cluster, namespace, name).values())
 
 
 def get_ltj_row(cluster: Cluster, namespace: str, name: str) -> dict[str, str]:
