@@ -24,8 +24,8 @@ MAX_MESSAGE = 3000  # the kubelet keeps 4096 bytes of a termination message; lea
 def termination_record(exit_code: int, message: str, **summary: object) -> str:
     """One JSON line: {"llmtrain": true, "exitCode", "reason", "message", ...summary}; None values dropped.
 
-    On success global rank 0 adds a summary (step, totalSteps, loss, lastCheckpointStep): the operator's last look
-    at progress, since the metrics endpoint is gone once the pod has finished.
+    On success global rank 0 adds a summary (step, totalSteps, loss, evalLoss, lastCheckpointStep, export): the
+    operator's last look at progress, since the metrics endpoint is gone once the pod has finished.
     """
     reason = "Completed" if exit_code == EXIT_OK else PERMANENT_EXIT_CODES.get(exit_code, "Error")
     record: dict[str, Any] = {

@@ -78,11 +78,13 @@ def final_progress(last: Progress | None, summary: dict) -> Progress:
         return float(v) if isinstance(v, int | float) and math.isfinite(v) else None
 
     step, total, loss, ckpt = num("step"), num("totalSteps"), num("loss"), num("lastCheckpointStep")
+    eval_loss = num("evalLoss")  # the final evaluation runs after the last scrape of a short run
     return base.model_copy(
         update={
             "step": int(step) if step is not None else base.step,
             "total_steps": int(total) if total is not None else base.total_steps,
             "loss": _round(loss, 4) if loss is not None else base.loss,
+            "eval_loss": _round(eval_loss, 4) if eval_loss is not None else base.eval_loss,
             "last_checkpoint_step": int(ckpt) if ckpt is not None else base.last_checkpoint_step,
             "eta": "0s",
         }

@@ -22,6 +22,7 @@ class Progress:
     tokens: int = 0  # tokens trained on, all ranks together
     nonfinite_loss_streak: int = 0  # consecutive steps whose loss was NaN or inf
     last_loss: float | None = None
+    last_eval_loss: float | None = None  # the latest validation loss (evaluation section), for the exit summary
 
     def advance(self, *, tokens: int, loss: float) -> None:
         """Count one finished optimizer step that trained on `tokens` and had (all-reduced) `loss`."""

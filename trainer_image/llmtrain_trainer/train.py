@@ -121,6 +121,7 @@ def run_evaluation(trainer: Trainer, step: int) -> None:
         autocast_dtype=trainer.plan.autocast_dtype,
         loss_parallel=trainer.plan.loss_parallel,
     )
+    trainer.progress.last_eval_loss = loss
     trainer.metrics.record_eval(step, loss, ppl)
     trainer.log("eval", step=step, loss=round(loss, 6), perplexity=round(ppl, 4))
 
@@ -208,6 +209,7 @@ def finish(trainer: Trainer) -> int:
             step=progress.step,
             totalSteps=trainer.cfg.training.steps,
             loss=finite_or_none(progress.last_loss),
+            evalLoss=finite_or_none(progress.last_eval_loss),
             lastCheckpointStep=newest_checkpoint_step(trainer.checkpointer),
             export=None if exported is None else str(exported),
         )

@@ -433,6 +433,13 @@ def test_success_policy_takes_the_final_progress_from_the_exit_summary():
     assert decision.status["progress"] == {"step": 40, "totalSteps": 40, "loss": 4.2, "eta": "0s"}
 
 
+def test_success_policy_takes_the_final_validation_loss_from_the_exit_summary():
+    # A short run's last evaluation comes after the operator's last scrape of rank 0's metrics.
+    summary = '{"llmtrain": true, "exitCode": 0, "step": 40, "totalSteps": 40, "loss": 4.2, "evalLoss": 4.51234}'
+    decision = after_success(RUNNING, pod(0, "Succeeded"), pod(1, "Succeeded", termination_message=summary))
+    assert decision.status["progress"]["evalLoss"] == 4.5123
+
+
 def test_success_policy_ends_a_restart_in_progress():
     decision = after_success(RESTARTING, pod(0, "Succeeded", 1), pod(1, "Succeeded", 1))
     assert cond(decision, "Restarting")["status"] == "False" and cond(decision, "Restarting")["reason"] == "Completed"
