@@ -52,8 +52,11 @@ def configure_watching(settings: kopf.OperatorSettings) -> None:
 
 
 def log_in(**kwargs: Any) -> kopf.ConnectionInfo | None:
-    """In the cluster: the service account (its token file is read anew on every call); outside: the kubeconfig."""
-    return in_cluster_login(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+    """In the cluster: the service account (its token file is read anew on every call). Outside: the kubeconfig,
+    read by the official client's loader, which runs exec plugins (EKS, GKE, OIDC helpers) and reads tokenFile
+    anew on every call: a login after a 401 gets fresh credentials (kopf's own kubeconfig reader takes a static
+    token only)."""
+    return in_cluster_login(**kwargs) or kopf.login_via_client(**kwargs)
 
 
 def register(registry: kopf.OperatorRegistry, controller: Controller) -> None:

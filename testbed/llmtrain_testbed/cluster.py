@@ -1,6 +1,7 @@
 """Bring the test bed up, down, and report its state; the public API used by the CLI and the pytest fixtures.
 
 up(nodes=2, gpus_per_node=8) -> Started      idempotent: keeps what already runs with the same command line
+restart(name) -> float                       stops one component and brings it back, as `up` does
 down() -> Stopped                            stops every process it started, the pod network, sweeps leftovers
 status() -> Status                           component health and nodes; never starts anything
 """
@@ -124,6 +125,17 @@ def _up(state: Path, nodes: int | None, gpus_per_node: int | None, timeout: floa
         _wait_nodes_ready(state, certs, nodes, deadline)
     log.info("test bed %s; kubeconfig %s", "started" if started else "already running", admin)
     return Started(kubeconfig=admin, state_dir=state, started=started)
+
+
+def restart(name: str, timeout: float = 90.0) -> float:
+    """Stop one component and start it again as `up` does (a control-plane crash or upgrade, as clients see it);
+    returns the seconds until everything was healthy again."""
+    state = paths.state_dir()
+    with _exclusive(state):
+        began = time.monotonic()
+        processes.stop(state, name)
+        _up(state, None, None, timeout)
+        return time.monotonic() - began
 
 
 def down() -> Stopped:

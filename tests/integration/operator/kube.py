@@ -115,8 +115,11 @@ def _free_port() -> int:
 class OperatorProcess:
     """`python -m llmtrain_operator --namespace NS` against the test cluster, logging to a temp file."""
 
-    def __init__(self, cluster: Cluster, namespace: str, extra_args: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self, cluster: Cluster, namespace: str, extra_args: tuple[str, ...] = (), kubeconfig: str | None = None
+    ) -> None:
         self.cluster, self.namespace, self.extra_args = cluster, namespace, extra_args
+        self.kubeconfig = kubeconfig or cluster.kubeconfig
         self.log = Path(tempfile.mkstemp(prefix=f"operator-{namespace}-", suffix=".log")[1])
         self.metrics_port = _free_port()
         self.proc: subprocess.Popen[bytes] | None = None
@@ -124,7 +127,7 @@ class OperatorProcess:
     def start(self) -> OperatorProcess:
         env = {
             **os.environ,
-            "KUBECONFIG": self.cluster.kubeconfig,
+            "KUBECONFIG": self.kubeconfig,
             "PYTHONPATH": os.pathsep.join(
                 [str(REPO / "contract"), str(REPO / "operator"), os.environ.get("PYTHONPATH", "")]
             ),
@@ -156,8 +159,10 @@ class OperatorProcess:
 
 
 @contextmanager
-def running_operator(cluster: Cluster, namespace: str, *extra_args: str) -> Iterator[OperatorProcess]:
-    op = OperatorProcess(cluster, namespace, extra_args).start()
+def running_operator(
+    cluster: Cluster, namespace: str, *extra_args: str, kubeconfig: str | None = None
+) -> Iterator[OperatorProcess]:
+    op = OperatorProcess(cluster, namespace, extra_args, kubeconfig).start()
     try:
         yield op
     finally:
