@@ -6,7 +6,8 @@ Runs against the test bed (brought up if needed) or the cluster KUBECONFIG names
 node has, so they stay Pending and nothing runs: we measure the operator, not the kubelet. Pod creation is observed
 through a watch started before the job is created (client-side timestamps, ms resolution). Writes are the operator's
 own API requests (POST/PATCH/PUT/DELETE) from its llmtrain_operator_api_requests_total metric, with Events listed
-apart. Prints one JSON object.
+apart. Prints one JSON object. It refuses to run (exit message) when another llmtrain operator already acts on new
+namespaces, e.g. a cluster-wide `helm install`: both would reconcile the bench's jobs.
 """
 
 from __future__ import annotations
@@ -48,6 +49,32 @@ def job(name: str, nodes: int) -> dict[str, Any]:
             "scheduling": {"nodeSelector": NO_NODE},
         },
     }
+
+
+class AnotherOperator(SystemExit):
+    """An llmtrain operator already acts on new namespaces: both would reconcile the bench's jobs (409s, double
+    writes), so the numbers would be meaningless."""
+
+
+async def refuse_if_another_operator(client: KubeClient, kubeconfig: str, wait_s: float = 6.0) -> None:
+    """Create a probe job in a fresh namespace before starting ours; if anything writes its status, refuse."""
+    ns = f"bench-probe-{secrets.token_hex(3)}"
+    kubectl("create", "namespace", ns, kubeconfig=kubeconfig)
+    path = f"/apis/llmtrain.dev/v1alpha1/namespaces/{ns}/llmtrainingjobs"
+    try:
+        await client.request("POST", path, job("probe", 1))
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            _, probe = await client.request("GET", f"{path}/probe")
+            if isinstance(probe, dict) and probe.get("status"):
+                await client.close()
+                raise AnotherOperator(
+                    "another llmtrain operator reconciles jobs in new namespaces (it wrote the status of a probe job "
+                    f"in {ns}); uninstall it (`helm list -A`) or benchmark on a cluster without one"
+                )
+            await asyncio.sleep(0.5)
+    finally:
+        kubectl("delete", "namespace", ns, "--wait=false", kubeconfig=kubeconfig)
 
 
 def operator_writes(port: int) -> dict[str, float]:
@@ -150,6 +177,7 @@ async def run(kubeconfig: str, big_nodes: int, many_jobs: int, many_nodes: int) 
     results: dict[str, Any] = {"benchmark": "operator_scale", "cpus": os.cpu_count()}
     info = kopf.login_with_kubeconfig(logger=logging.getLogger("bench"), settings=kopf.OperatorSettings())
     client = KubeClient(info, timeout=300)
+    await refuse_if_another_operator(client, kubeconfig)
     for label, count, nodes in (("one_big_job", 1, big_nodes), ("many_jobs", many_jobs, many_nodes)):
         ns = f"bench-operator-{secrets.token_hex(3)}"
         kubectl("create", "namespace", ns, kubeconfig=kubeconfig)
