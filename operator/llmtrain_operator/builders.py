@@ -329,6 +329,24 @@ def _pod_spec(
     }
 
 
+# How long a node pod stays bound to a node that stopped answering (not-ready / unreachable taints) before the taint
+# manager evicts it. Kubernetes adds 300 s to every pod; a gang cannot train without one of its nodes, so it waits
+# less before restarting from the checkpoint elsewhere. A toleration for these keys in spec.scheduling wins.
+LOST_NODE_TOLERATION_S = 60
+LOST_NODE_TAINTS = ("node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable")
+
+
+def node_pod_tolerations(tolerations: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The job's tolerations plus the shorter lost-node ones for taint keys the job does not already tolerate."""
+    mentioned = {toleration.get("key") for toleration in tolerations}
+    lost_node = [
+        {"key": key, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": LOST_NODE_TOLERATION_S}
+        for key in LOST_NODE_TAINTS
+        if key not in mentioned
+    ]
+    return [*tolerations, *lost_node]
+
+
 def _scheduling(spec: LLMTrainingJobSpec) -> dict[str, Any]:
     """Pod spec fields from spec.scheduling and podTemplate that are set only when given."""
     scheduling = spec.scheduling
@@ -337,7 +355,7 @@ def _scheduling(spec: LLMTrainingJobSpec) -> dict[str, Any]:
         "schedulerName": scheduling.scheduler_name,
         "priorityClassName": scheduling.priority_class_name,
         "nodeSelector": dict(scheduling.node_selector) or None,
-        "tolerations": [dict(toleration) for toleration in scheduling.tolerations] or None,
+        "tolerations": node_pod_tolerations([dict(toleration) for toleration in scheduling.tolerations]),
         "affinity": scheduling.affinity,
     }
     return {key: value for key, value in optional.items() if value}

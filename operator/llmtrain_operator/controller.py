@@ -83,8 +83,8 @@ class KubeApi(Protocol):
     async def merge_patch(self, kind: str, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
         """JSON merge patch of an object."""
 
-    async def delete(self, kind: str, namespace: str, name: str) -> bool:
-        """True if deleted, False if it was already gone (404)."""
+    async def delete(self, kind: str, namespace: str, name: str, grace_seconds: int | None = None) -> bool:
+        """True if deleted, False if it was already gone (404); grace_seconds=0 does not wait for the kubelet."""
 
     async def patch_job_status(
         self, namespace: str, name: str, patch: dict[str, Any], resource_version: str | None
@@ -132,6 +132,7 @@ class Controller:
     client: KubeApi | None = None  # set at login
     pods_index: PodIndex | None = None  # set by the first handler call
     nodes_index: NodeIndex | None = None  # GPU nodes; set by the first handler call
+    unreachable_index: Mapping[str, Any] | None = None  # names of nodes that stopped reporting; ditto
     decide: Decide = reconcile
     clock: Callable[[], datetime] = _utc_now
     slots: dict[Key, JobSlot] = field(default_factory=dict)
@@ -258,6 +259,7 @@ class Controller:
             create_failure=slot.create_failure,
             metrics_unreachable=slot.metrics_unreachable,
             gpu_memory_bytes=self._gpu_memory(job),
+            unreachable_nodes=frozenset(self.unreachable_index or ()),
         )
 
     def _gpu_memory(self, job: JobView) -> int | None:
@@ -386,8 +388,10 @@ class Controller:
         assert self.client is not None
         attempts = {pod.name: pod.attempt for pod in self._indexed_pods((job.namespace, job.name))}
         deletes = [self.client.delete(kind, job.namespace, name) for kind, name in decision.deletes]
+        deletes += [self.client.delete("Pod", job.namespace, name, grace_seconds=0) for name in decision.force_deletes]
         results = await gather_limited(deletes, limit=WRITE_CONCURRENCY)
-        for (kind, name), result in zip(decision.deletes, results, strict=True):
+        targets = [*decision.deletes, *(("Pod", name) for name in decision.force_deletes)]
+        for (kind, name), result in zip(targets, results, strict=True):
             if isinstance(result, BaseException):
                 _raise_unless_gone(result, f"delete {kind} {job.namespace}/{name}")
                 continue

@@ -5,7 +5,8 @@
   them (its ownerReference: the label holds a shortened name for jobs named longer than 63), so a reconcile lists
   nothing.
 * GPU nodes are kept in a second index (node name -> GpuNode: labels, allocatable GPUs, nvidia.com/gpu.memory) for
-  the admission-time memory preflight; a node event triggers nothing.
+  the admission-time memory preflight, and nodes that stopped reporting in a third (pods there are never confirmed
+  deleted); a node event triggers nothing.
 * Startup starts the Controller's resync loop; login gives it its Kubernetes client.
 """
 
@@ -23,7 +24,7 @@ from .constants import GROUP, LABEL_JOB, PLURAL, VERSION
 from .controller import Controller, Key
 from .gpu_nodes import GpuNode, gpu_node
 from .kubeapi import KubeClient
-from .observe import PodView, owning_job, pod_view
+from .observe import PodView, node_unreachable, owning_job, pod_view
 
 
 def in_cluster_login(**kwargs: Any) -> kopf.ConnectionInfo | None:
@@ -90,21 +91,26 @@ def register(registry: kopf.OperatorRegistry, controller: Controller) -> None:
         node = gpu_node(dict(body))
         return {node.name: node} if node is not None else {}  # {}, not None: a node that lost its GPUs drops out
 
+    def adopt_indices(kwargs: dict[str, Any]) -> None:
+        """kopf passes every index to every handler, by id; the controller reads them between events."""
+        controller.pods_index, controller.nodes_index = kwargs["node_pods"], kwargs["gpu_nodes"]
+        controller.unreachable_index = kwargs["unreachable_nodes"]
+
+    @kopf.index("nodes", registry=registry, id="unreachable_nodes")
+    def unreachable_nodes(body: kopf.Body, name: str, **_: Any) -> dict[str, bool]:
+        return {name: True} if node_unreachable(dict(body)) else {}
+
     @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry, id="job_event")
-    async def job_event(
-        type: str, namespace: str, name: str, node_pods: kopf.Index, gpu_nodes: kopf.Index, **_: Any
-    ) -> None:
-        controller.pods_index, controller.nodes_index = node_pods, gpu_nodes
+    async def job_event(type: str, namespace: str, name: str, **indices: Any) -> None:
+        adopt_indices(indices)
         if type == "DELETED":
             controller.forget((namespace, name))
             return
         await controller.trigger((namespace, name))
 
     @kopf.on.event("pods", labels={LABEL_JOB: kopf.PRESENT}, registry=registry, id="pod_event")
-    async def pod_event(
-        body: kopf.Body, namespace: str, labels: kopf.Labels, node_pods: kopf.Index, gpu_nodes: kopf.Index, **_: Any
-    ) -> None:
-        controller.pods_index, controller.nodes_index = node_pods, gpu_nodes
+    async def pod_event(body: kopf.Body, namespace: str, labels: kopf.Labels, **indices: Any) -> None:
+        adopt_indices(indices)
         key = (namespace, owning_job(dict(body)) or labels[LABEL_JOB])
         if key in controller.slots:  # pods of jobs we have never seen are not ours to act on yet
             await controller.trigger(key)

@@ -209,9 +209,13 @@ class KubeClient:
         _, body = await self._call("PATCH", path, what, patch, content_type=MERGE_PATCH)
         return body
 
-    async def delete(self, kind: str, namespace: str, name: str, propagation: str = "Background") -> bool:
-        """Delete; False if it was already gone."""
-        options = {"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": propagation}
+    async def delete(
+        self, kind: str, namespace: str, name: str, propagation: str = "Background", grace_seconds: int | None = None
+    ) -> bool:
+        """Delete; False if it was already gone. grace_seconds=0 removes the object without waiting for a kubelet."""
+        options: dict[str, Any] = {"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": propagation}
+        if grace_seconds is not None:
+            options["gracePeriodSeconds"] = grace_seconds
         path, what = self.path(kind, namespace, name), f"delete {kind} {namespace}/{name}"
         status, _ = await self._call("DELETE", path, what, options, expected=(404,))
         return status != 404

@@ -17,6 +17,7 @@ from .timestamps import parse_time
 
 # Pod-level reasons for a pod that failed through no fault of its own: restart the gang elsewhere.
 DISRUPTION_REASONS = {"Evicted", "NodeLost", "Preempting", "Shutdown", "Terminated", "NodeShutdown", "OutOfpods"}
+UNREACHABLE_TAINT = "node.kubernetes.io/unreachable"
 SCHEDULING_GATED = "SchedulingGated"  # PodScheduled=False reason while a scheduling gate (e.g. Kueue's) holds the pod
 
 
@@ -41,6 +42,8 @@ class PodView:
     disrupted: bool = False  # DisruptionTarget condition (eviction, preemption, node drain)
     disruption: str | None = None  # that condition's "Reason: message", e.g. EvictionByEvictionAPI
     owner_uid: str | None = None  # the controlling LLMTrainingJob's uid
+    node: str | None = None  # spec.nodeName once bound
+    deletion_deadline: datetime | None = None  # metadata.deletionTimestamp: when the kubelet must have stopped it
 
     @property
     def finished(self) -> bool:
@@ -77,7 +80,18 @@ def pod_view(body: dict[str, Any]) -> PodView:
         disrupted=conditions.get("DisruptionTarget", {}).get("status") == "True",
         disruption=_disruption(conditions.get("DisruptionTarget", {})),
         owner_uid=controller_uid(body),
+        node=(body.get("spec") or {}).get("nodeName"),
+        deletion_deadline=parse_time(meta.get("deletionTimestamp")),
     )
+
+
+def node_unreachable(body: dict[str, Any]) -> bool:
+    """The node's kubelet stopped reporting: the node lifecycle controller set Ready=Unknown (or tainted it
+    unreachable). Its pods' deletions will never be confirmed by that kubelet."""
+    conditions = (body.get("status") or {}).get("conditions") or []
+    ready = next((c for c in conditions if c.get("type") == "Ready"), {})
+    taints = (body.get("spec") or {}).get("taints") or []
+    return ready.get("status") == "Unknown" or any(t.get("key") == UNREACHABLE_TAINT for t in taints)
 
 
 def _disruption(condition: dict[str, Any]) -> str | None:

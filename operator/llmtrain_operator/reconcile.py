@@ -8,6 +8,8 @@ killed between the two steps finds stale pods on restart and deletes them instea
 `reconcile` runs the named policies of POLICIES in order over one ReconcileContext; the first policy that settles
 the job's state for this round returns the Decision, later ones never see it:
 
+    lost_node_policy         terminating pods on a node that stopped reporting, or 30 s past their deadline: deleted
+                             with no grace, with a NodeLost Warning; hands on (every job, any phase)
     terminal_policy          a Failed/Succeeded job: cleanPodPolicy, then ttlSecondsAfterFinished
     spec_validation_policy   an invalid spec (or dev-command annotation) fails the job with InvalidSpec; before the
                              first pods, one whose estimated GPU memory cannot fit its nodes' GPUs with WillNotFit
@@ -64,6 +66,8 @@ from .timestamps import parse_time, rfc3339
 from .validate import parse_spec, procs_per_node, validate_spec
 
 RETRY_SOON = 1.0  # seconds; while pods terminate or names are still taken
+# A kubelet stops a deleted pod within its grace period; this long past it, nothing acts for the pod: its node is lost.
+LOST_POD_AFTER = timedelta(seconds=30)
 # A trainer serves no metrics while it starts (imports, rendezvous, loading): unreadable metrics are reported only
 # once they have been for this long, or for stallTimeoutSeconds when that is shorter.
 METRICS_GRACE_SECONDS = 120.0
@@ -125,6 +129,8 @@ class Observed:
     service: bool = False
     # Names still held by children of a deleted job of the same name, waiting for garbage collection.
     taken: frozenset[str] = frozenset()
+    # Nodes whose kubelet stopped reporting (Ready=Unknown): pods there are never confirmed deleted.
+    unreachable_nodes: frozenset[str] = frozenset()
     # The ConfigMap's data when it was read for this reconcile (before a new attempt's pods), else None.
     config: dict[str, str] | None = None
     # The latest create the API server rejected (cleared once creates go through again).
@@ -157,6 +163,7 @@ class Decision:
     creates: list[dict[str, Any]] = field(default_factory=list)
     updates: list[dict[str, Any]] = field(default_factory=list)  # merge-patched before anything is created
     deletes: list[tuple[str, str]] = field(default_factory=list)  # (kind, name)
+    force_deletes: list[str] = field(default_factory=list)  # pods whose kubelet is gone: gracePeriodSeconds=0
     events: list[Event] = field(default_factory=list)
     requeue_after: float | None = None
     delete_job: bool = False
@@ -398,6 +405,28 @@ def _dev_command(job: JobView, settings: OperatorSettings) -> list[str] | None:
 
 
 # -- the policies, in the order reconcile applies them ---------------------------------------------------------------
+
+
+def lost_node_policy(ctx: ReconcileContext) -> Decision | None:
+    """Terminating pods that no kubelet will ever confirm deleted: on a node that stopped reporting, or still there
+    well past their deletion deadline. Nothing else removes them, and the next attempt needs their names: delete the
+    API objects with no grace period. A partitioned node's processes cannot rejoin: each attempt has its own
+    rendezvous."""
+    for pod in ctx.observed.pods:
+        deadline = pod.deletion_deadline
+        if deadline is None or pod.name in ctx.decision.force_deletes:
+            continue
+        if pod.node in ctx.observed.unreachable_nodes:
+            why = f"its node {pod.node} stopped reporting"
+        elif ctx.now - deadline >= LOST_POD_AFTER:
+            why = f"still there {int((ctx.now - deadline).total_seconds())}s after its grace period (node {pod.node})"
+        else:
+            continue
+        ctx.decision.force_deletes.append(pod.name)
+        ctx.event("Warning", "NodeLost", f"pod {pod.name} is terminating but {why}: deleting it without waiting")
+    if ctx.decision.force_deletes:
+        ctx.decision.requeue(RETRY_SOON)
+    return None
 
 
 def terminal_policy(ctx: ReconcileContext) -> Decision | None:
@@ -837,6 +866,7 @@ def startup_policy(ctx: ReconcileContext) -> Decision | None:
 
 
 POLICIES: tuple[Policy, ...] = (
+    lost_node_policy,
     terminal_policy,
     spec_validation_policy,
     gang_policy,

@@ -2,6 +2,7 @@
 
 up(nodes=2, gpus_per_node=8) -> Started      idempotent: keeps what already runs with the same command line
 restart(name) -> float                       stops one component and brings it back, as `up` does
+lose_node(name) / restore_node(name)         a node stops answering (a powered-off machine) / answers again
 down() -> Stopped                            stops every process it started, the pod network, sweeps leftovers
 status() -> Status                           component health and nodes; never starts anything
 """
@@ -138,6 +139,27 @@ def restart(name: str, timeout: float = 90.0) -> float:
         return time.monotonic() - began
 
 
+def lose_node(name: str) -> None:
+    """Node `name` stops answering, as a powered-off machine: the process kubelet stops its heartbeats and kills its
+    pods' processes without reporting anything; the node lifecycle controller takes it from there."""
+    _set_lost(name, lost=True)
+
+
+def restore_node(name: str) -> None:
+    """Node `name` answers again (heartbeats resume; pods still bound to it are run again)."""
+    _set_lost(name, lost=False)
+
+
+def _set_lost(name: str, lost: bool) -> None:
+    path = paths.state_dir() / "kubelet" / "lost-nodes"  # read by kubelet.agent (LOST_NODES_FILE)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    names = set(path.read_text().split()) if path.exists() else set()
+    names = names | {name} if lost else names - {name}
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(f"{n}\n" for n in sorted(names)))
+    tmp.replace(path)
+
+
 def down() -> Stopped:
     """Stop the kubelet (and so its pods), the control plane and the pod network; kill any marked leftover."""
     state = paths.state_dir()
@@ -163,6 +185,7 @@ def _down(state: Path) -> Stopped:
         network.teardown()
     # Each `up` after a `down` starts from an empty cluster; the PKI (and so the kubeconfig) is kept.
     shutil.rmtree(state / "etcd", ignore_errors=True)
+    (state / "kubelet" / "lost-nodes").unlink(missing_ok=True)  # the next `up` starts with every node answering
     return Stopped(stopped=stopped, swept=swept)
 
 

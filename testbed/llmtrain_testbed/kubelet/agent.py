@@ -30,6 +30,7 @@ log = logging.getLogger("testbed.kubelet")
 
 API_PORT = "6443"
 RETRY_FINISHED_S = 10.0
+LOST_NODES_FILE = "lost-nodes"  # in the kubelet's state dir: one node name per line (cluster.lose_node writes it)
 
 
 @dataclass
@@ -71,7 +72,7 @@ class Kubelet:
         self.stopping = threading.Event()
         self._informers_stop = threading.Event()
         self.ipam = Ipam(self.state_dir / "ipam", network.pod_ips)
-        self.node_agent = NodeAgent(self.api, opts.nodes, opts.node, self._informers_stop)
+        self.node_agent = NodeAgent(self.api, opts.nodes, opts.node, self._informers_stop, self.lost_nodes)
         self.node_names = set(self.node_agent.names())
         self.workers: dict[Key, PodWorker] = {}
         self._workers_lock = threading.Lock()
@@ -94,6 +95,14 @@ class Kubelet:
             render_hosts=self.render_hosts,
             base_env=self.base_env,
         )
+
+    def lost_nodes(self) -> set[str]:
+        """Nodes the tests made stop answering (`llmtrain_testbed.cluster.lose_node`): no heartbeats, their pods'
+        processes killed, nothing reported — a powered-off machine, as the control plane sees it."""
+        try:
+            return set((self.state_dir / LOST_NODES_FILE).read_text().split())
+        except FileNotFoundError:
+            return set()
 
     # ----- what the pod workers get (through self.pod_host) -----
 
@@ -152,7 +161,8 @@ class Kubelet:
         self._dns_wake.set()
 
     def _dispatch(self) -> None:
-        mine = {key_of(p): p for p in self.pods.snapshot() if p.get("spec", {}).get("nodeName") in self.node_names}
+        answering = self.node_names - self.lost_nodes()  # a lost node's workers vanish: processes killed, no reports
+        mine = {key_of(p): p for p in self.pods.snapshot() if p.get("spec", {}).get("nodeName") in answering}
         with self._workers_lock:
             for key, worker in list(self.workers.items()):
                 pod = mine.get(key)

@@ -10,6 +10,7 @@ import datetime as dt
 import logging
 import platform
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .api import Api, ApiError
@@ -139,8 +140,11 @@ def lease_object(name: str, node_uid: str, now_micro: str) -> dict:
 class NodeAgent:
     """Registers the nodes, renews their Leases every 10 s and refreshes their status every 60 s."""
 
-    def __init__(self, api: Api, count: int, cfg: NodeConfig, stop: threading.Event) -> None:
+    def __init__(
+        self, api: Api, count: int, cfg: NodeConfig, stop: threading.Event, lost: Callable[[], set[str]] = set
+    ) -> None:
         self.api = api
+        self.lost = lost  # names of nodes that stopped answering (a lost machine sends no heartbeat)
         self.count = count
         self.cfg = cfg
         self.stop = stop
@@ -193,7 +197,10 @@ class NodeAgent:
     def _run(self) -> None:
         ticks = 0
         while not self.stop.is_set():
+            lost = self.lost()
             for i in range(self.count):
+                if node_name(i, self.cfg.name_prefix) in lost:
+                    continue
                 try:
                     if ticks % (STATUS_REFRESH_S // LEASE_RENEW_S) == 0:
                         self._refresh_status(i)

@@ -1,10 +1,11 @@
-"""A job outlives what the control plane does to the operator's connection: the API server restarted mid-job
-(an upgrade, a crash), and the operator's credentials revoked and replaced mid-job (a rotated token behind an
-exec-plugin kubeconfig, as EKS, GKE and OIDC helpers hand out). Each job succeeds and its status converges."""
+"""A job outlives what real clusters do mid-job: the API server restarted (an upgrade, a crash); the operator's
+credentials revoked and replaced (a rotated token behind an exec-plugin kubeconfig, as EKS, GKE and OIDC helpers
+hand out); a node lost (its kubelet silent, as a powered-off machine). Each job succeeds and its status converges."""
 
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -138,3 +139,34 @@ def test_a_job_outlives_its_operators_token_being_revoked_and_rotated(
         wait_for(lambda: refused(cluster, revoked), timeout=30, what="the first token to be refused")
         assert_converged(kube, "through-rotation", pods)
         assert "refused our credentials (401); logged in again" in op.logs()
+
+
+def node_ready(cluster: Cluster, name: str) -> bool:
+    node = client.CoreV1Api(cluster.api_client).read_node(name)
+    return any(c.type == "Ready" and c.status == "True" for c in node.status.conditions or [])
+
+
+def test_a_lost_node_restarts_the_gang_on_the_remaining_nodes_and_the_job_succeeds(
+    cluster: Cluster, kube: Kube, operator: OperatorProcess
+):
+    if not cluster.is_testbed:
+        pytest.skip("silences one of the test bed's nodes")
+    # The first attempt runs until its node is lost; the next one finishes.
+    kube.create(job_manifest("lost-node", "time.sleep(3600 if a == 0 else 3)", runPolicy={"backoffLimit": 0}))
+    pods = both_running(kube, "lost-node")
+    lost = next(p["spec"]["nodeName"] for p in pods if p["metadata"]["labels"]["llmtrain.dev/node-rank"] == "1")
+
+    began = time.monotonic()
+    testbed.lose_node(lost)
+    try:
+        status = kube.wait_phase("lost-node", "Succeeded", timeout=360)
+        recovered_s = time.monotonic() - began
+    finally:
+        testbed.restore_node(lost)
+        wait_for(lambda: node_ready(cluster, lost), timeout=90, what=f"node {lost} Ready again")
+
+    print(f"node {lost} lost: the job restarted elsewhere and succeeded {recovered_s:.0f}s later")
+    assert status["disruptions"] == 1 and status["restarts"] == 0  # not counted against backoffLimit
+    assert all(p["spec"]["nodeName"] != lost for p in kube.pods("lost-node"))
+    reasons = {(e["type"], e["reason"]) for e in kube.events("lost-node")}
+    assert ("Warning", "NodeLost") in reasons and ("Normal", "Disrupted") in reasons

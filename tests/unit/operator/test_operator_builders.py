@@ -216,12 +216,29 @@ def test_pod_requests_gpus_and_declares_ports_and_termination_message_policy(gpu
     assert container["terminationMessagePolicy"] == "FallbackToLogsOnError"
 
 
+def test_a_node_pod_leaves_a_lost_node_after_60s_not_kubernetes_default_300s(gpu_spec):
+    tolerations = build_pod(JOB, gpu_spec, 0, 0, "i")["spec"]["tolerations"]
+    lost = {t["key"]: t for t in tolerations if t["key"].startswith("node.kubernetes.io/")}
+    assert set(lost) == {"node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable"}
+    assert all(t["effect"] == "NoExecute" and t["tolerationSeconds"] == 60 for t in lost.values())
+
+
+def test_a_jobs_own_lost_node_toleration_wins(gpu_spec):
+    own = {"key": "node.kubernetes.io/unreachable", "operator": "Exists", "effect": "NoExecute"}
+    own["tolerationSeconds"] = 900
+    spec = gpu_spec.model_copy(deep=True)
+    spec.scheduling.tolerations.append(own)
+    tolerations = build_pod(JOB, spec, 0, 0, "i")["spec"]["tolerations"]
+    assert [t for t in tolerations if t["key"] == "node.kubernetes.io/unreachable"] == [own]
+    assert any(t["key"] == "node.kubernetes.io/not-ready" for t in tolerations)
+
+
 def test_scheduling_fields_and_kueue_queue_label(gpu_spec):
     pod = build_pod(JOB, gpu_spec, 0, 0, "i")
     spec = pod["spec"]
     assert spec["priorityClassName"] == "training"
     assert spec["nodeSelector"] == {"gpu.example/type": "h100"}
-    assert spec["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    assert spec["tolerations"][0] == {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
     assert spec["serviceAccountName"] == "trainer"
     assert pod["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-a"
     assert pod["metadata"]["labels"]["team"] == "research"

@@ -100,9 +100,9 @@ class FakeKube:
         self.objects[(kind, namespace, name)] = merged
         return merged
 
-    async def delete(self, kind: str, namespace: str, name: str) -> bool:
+    async def delete(self, kind: str, namespace: str, name: str, grace_seconds: int | None = None) -> bool:
         self._maybe_fail("delete", kind)
-        self.writes.append(("delete", kind, name))
+        self.writes.append(("delete" if grace_seconds is None else f"delete grace={grace_seconds}", kind, name))
         return self.objects.pop((kind, namespace, name), None) is not None  # False: 404, already gone
 
     async def patch_job_status(

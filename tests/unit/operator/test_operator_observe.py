@@ -8,7 +8,7 @@ import pytest
 from llmtrain_operator import rbac
 from llmtrain_operator.expectations import Expectations
 from llmtrain_operator.main import parse_args
-from llmtrain_operator.observe import PodView, classify_failure, pod_view
+from llmtrain_operator.observe import PodView, classify_failure, node_unreachable, pod_view
 from llmtrain_operator.progress import parse_progress
 
 POD = {
@@ -37,6 +37,27 @@ def test_pod_view_reads_rank_attempt_phase_exit_code_and_message():
     assert view.exit_code == 1 and view.ip == "10.88.0.7" and not view.ready and not view.disrupted
     assert view.created == datetime(2026, 1, 1, 12, tzinfo=UTC)
     assert classify_failure(view).kind == "permanent"
+
+
+def test_pod_view_knows_its_node_and_when_its_kubelet_must_have_stopped_it():
+    body = {**POD, "metadata": {**POD["metadata"], "deletionTimestamp": "2026-01-01T12:01:00Z"}}
+    view = pod_view({**body, "spec": {"nodeName": "gpu-17"}})
+    assert view.node == "gpu-17" and view.terminating
+    assert view.deletion_deadline == datetime(2026, 1, 1, 12, 1, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("ready", "taints", "unreachable"),
+    [
+        ("True", [], False),
+        ("False", [], False),  # NotReady but reporting (e.g. its network plugin is down): its kubelet still acts
+        ("Unknown", [], True),  # the node lifecycle controller heard nothing within the grace period
+        ("True", [{"key": "node.kubernetes.io/unreachable", "effect": "NoExecute"}], True),
+    ],
+)
+def test_a_node_is_unreachable_once_its_kubelet_stopped_reporting(ready, taints, unreachable):
+    node = {"spec": {"taints": taints}, "status": {"conditions": [{"type": "Ready", "status": ready}]}}
+    assert node_unreachable(node) is unreachable
 
 
 def test_pod_view_of_a_pending_unschedulable_pod():

@@ -6,6 +6,7 @@ A policy returns a Decision when it settles the job for this round, None to hand
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from datetime import timedelta
 
 import pytest
@@ -22,6 +23,7 @@ from llmtrain_operator.reconcile import (
     create_failure_policy,
     deadline_policy,
     failure_policy,
+    lost_node_policy,
     namesake_policy,
     pod_creation_policy,
     running_policy,
@@ -53,8 +55,47 @@ from reconcile_inputs import (
 PENDING = {"phase": "Pending", "restarts": 0}
 
 
+# ----- lost_node_policy --------------------------------------------------------------------------------------------
+
+
+def terminating(rank: int, past_deadline_s: float) -> object:
+    deadline = NOW - timedelta(seconds=past_deadline_s)
+    return pod(rank, terminating=True, node="llmtrain-node-1", deletion_deadline=deadline)
+
+
+def test_lost_node_policy_force_deletes_a_pod_terminating_30s_past_its_deadline_and_hands_on():
+    ctx = context_for(lost_node_policy, job(status=RESTARTING), seen(pod(0, terminating=True), terminating(1, 31)))
+    assert lost_node_policy(ctx) is None
+    assert ctx.decision.force_deletes == ["demo-node-1"] and ctx.decision.requeue_after == RETRY_SOON
+    (event,) = ctx.decision.events
+    assert event.type == "Warning" and event.reason == "NodeLost"
+    assert "31s after its grace period" in event.message and "llmtrain-node-1" in event.message
+
+
+def test_lost_node_policy_does_not_wait_for_the_deadline_on_a_node_that_stopped_reporting():
+    observed = Observed(pods=(terminating(1, -60),), config_map=True, service=True)
+    observed = replace(observed, unreachable_nodes=frozenset({"llmtrain-node-1"}))
+    ctx = context_for(lost_node_policy, job(status=RESTARTING), observed)
+    lost_node_policy(ctx)
+    assert ctx.decision.force_deletes == ["demo-node-1"]
+    assert "its node llmtrain-node-1 stopped reporting" in ctx.decision.events[0].message
+
+
+def test_lost_node_policy_leaves_pods_their_kubelet_is_still_stopping():
+    ctx = context_for(lost_node_policy, job(status=RESTARTING), seen(terminating(0, 29), terminating(1, -30)))
+    assert lost_node_policy(ctx) is None
+    assert ctx.decision.force_deletes == [] and ctx.decision.events == []
+
+
+def test_lost_node_policy_cleans_up_after_finished_jobs_too():
+    ctx = context_for(lost_node_policy, job(status={"phase": "Succeeded"}), seen(terminating(1, 600)))
+    lost_node_policy(ctx)
+    assert ctx.decision.force_deletes == ["demo-node-1"]
+
+
 def test_policies_run_in_the_documented_order():
     assert [policy.__name__ for policy in POLICIES] == [
+        "lost_node_policy",
         "terminal_policy",
         "spec_validation_policy",
         "gang_policy",
