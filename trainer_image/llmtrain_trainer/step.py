@@ -143,10 +143,15 @@ class PendingReadout:
     pending_save_step: int | None
     seconds: float = 0.0
 
-    def read(self, world_size: int) -> StepOutcome:
-        """Wait for this step's copy only (later steps' work keeps running) and decode it."""
+    def wait(self) -> None:
+        """Wait for this step's copy only: later steps' work keeps running on the device."""
         if self.copied is not None:
             self.copied.synchronize()
+            self.copied = None
+
+    def read(self, world_size: int) -> StepOutcome:
+        """The step's values, decoded (waits for the copy if it is not done)."""
+        self.wait()
         loss_sum, nonfinite, stopping, writing, grad_norm, scale, skipped = self.values.tolist()
         agreed = RankAgreement.from_sums([loss_sum, nonfinite, stopping, writing], world_size)
         return StepOutcome(
@@ -193,19 +198,19 @@ def train_step(trainer: Trainer) -> StepResult:
         apply_update(trainer.optimizer, trainer.scaler, (sums[1] > 0).float())
         readout = start_readout(sums, grad_norm, trainer.scaler, step=step, lr=lr, checkpointer=checkpointer)
     progress.advance(tokens=plan.tokens_per_step)
+    read_now = should_log(step, interval=cfg.logging.interval, total_steps=cfg.training.steps)
+    if read_now:
+        readout.wait()  # a logging step's time includes the device finishing it, as its log line reports it
     readout.seconds = time.perf_counter() - started
-    return StepResult(step, collect_outcomes(trainer, readout))
+    return StepResult(step, collect_outcomes(trainer, readout, read_now=read_now))
 
 
-def collect_outcomes(trainer: Trainer, readout: PendingReadout) -> tuple[StepOutcome, ...]:
+def collect_outcomes(trainer: Trainer, readout: PendingReadout, *, read_now: bool) -> tuple[StepOutcome, ...]:
     """The previous step's outcome (its copy is long done), and this step's too when it is read now."""
-    world_size, cfg = trainer.runtime.world_size, trainer.cfg
+    world_size = trainer.runtime.world_size
     earlier = trainer.unread.read(world_size) if trainer.unread is not None else None
-    trainer.unread = None
-    if should_log(readout.step, interval=cfg.logging.interval, total_steps=cfg.training.steps):
-        current = readout.read(world_size)
-    else:
-        trainer.unread, current = readout, None
+    trainer.unread = None if read_now else readout
+    current = readout.read(world_size) if read_now else None
     return tuple(outcome for outcome in (earlier, current) if outcome is not None)
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from contextlib import contextmanager
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -31,9 +32,11 @@ from llmtrain_trainer.progress import (
 )
 from llmtrain_trainer.step import (
     FaultInjection,
+    PendingReadout,
     RankAgreement,
     StepPlan,
     apply_update,
+    collect_outcomes,
     forward_backward,
     parse_steps,
     unscale_and_clip,
@@ -257,6 +260,29 @@ def test_the_ranks_sums_become_the_average_loss_and_any_rank_flags():
         loss=0.75, nonfinite_grads=True, stop_requested=False, checkpoint_writes_pending=True
     )
     assert RankAgreement.from_sums([2.0, 0.0, 1.0, 0.0], world_size=2) == RankAgreement(1.0, False, True, False)
+
+
+def readout(step: int, *, stop: float = 0.0) -> PendingReadout:
+    """A step's values as the device would copy them: sums over 2 ranks, then grad norm, scale, skips."""
+    values = torch.tensor([2.0 * step, 0.0, stop, 0.0, 0.5, 1.0, 0.0])
+    return PendingReadout(values, None, step, lr=1e-3, pending_save_step=None)
+
+
+def test_values_are_read_one_step_late_except_on_steps_read_at_once():
+    trainer = SimpleNamespace(runtime=SimpleNamespace(world_size=2), unread=None)
+    read_at_once = {3, 4}
+    observed = []
+    for step in range(1, 7):
+        outcomes = collect_outcomes(trainer, readout(step), read_now=step in read_at_once)
+        observed.append([outcome.step for outcome in outcomes])
+    assert observed == [[], [1], [2, 3], [4], [], [5]]  # every step read exactly once, in order
+
+
+def test_a_late_read_carries_what_every_rank_agreed_on_at_that_step():
+    trainer = SimpleNamespace(runtime=SimpleNamespace(world_size=2), unread=None)
+    collect_outcomes(trainer, readout(7, stop=1.0), read_now=False)
+    (late,) = collect_outcomes(trainer, readout(8), read_now=False)
+    assert (late.step, late.loss, late.stop_requested, late.skipped) == (7, 7.0, True, False)
 
 
 # --- progress ---------------------------------------------------------------------------------------------------
