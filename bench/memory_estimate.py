@@ -3,12 +3,13 @@
 
 The reference runs the trainer's own code for two optimizer steps: `Transformer` built on meta, `parallelize`
 (FSDP2 / AC exactly as the trainer applies them), `apply_ddp`, `build_optimizer`, and the loop body of train.py
-(autocast for plain DDP, cross-entropy on `logits.float()` divided by the accumulation steps, no_sync /
-set_requires_gradient_sync, clip_grad_norm, step, zero_grad(set_to_none)). Memory is measured by torch's
-`MemTracker` (torch.distributed._tools.mem_tracker), a TorchDispatchMode that follows every tensor storage's
-allocation and release (including FSDP's `resize_` of unsharded parameters), so it measures live tensor bytes:
-what the CUDA caching allocator calls "allocated", without the CUDA context or allocator fragmentation. The peak
-of the second step is reported (the first creates the optimizer state; from the second on every step repeats).
+(autocast for plain DDP, cross-entropy on `logits.float()` divided by the accumulation steps, step.gradient_sync
+(DDP's no_sync; FSDP reduce-scatters every micro-batch), clip_grad_norm, step, zero_grad(set_to_none)). Memory
+is measured by torch's `MemTracker` (torch.distributed._tools.mem_tracker), a TorchDispatchMode that follows every
+tensor storage's allocation and release (including FSDP's `resize_` of unsharded parameters), so it measures live
+tensor bytes: what the CUDA caching allocator calls "allocated", without the CUDA context or allocator
+fragmentation. The peak of the second step is reported (the first creates the optimizer state; from the second on
+every step repeats).
 
 Small shapes run on real CPU tensors. With `fake` the same code runs under FakeTensorMode (no memory is touched), so
 llama-1b-sized models and data-parallel degrees above 1 (a fake process group: rank 0 of N) can be measured on a
@@ -59,7 +60,6 @@ class Case:
     world_size: int = 1
     tensor_parallel: int = 1  # with loss parallelism, as the trainer's default
     fake: bool = False  # FakeTensorMode: no real memory; needed for big shapes and world_size > 1
-    fused_adamw: bool = False  # the trainer's optimizer on CUDA (fused) rather than on CPU (foreach)
 
 
 def _shape(base: str, **kw) -> ModelShape:
@@ -89,9 +89,7 @@ GRID: list[Case] = [
     ),
     Case("m32-fsdp-fp32-accum2", M32, precision="fp32", micro_batch_size=2, seq_len=256, accumulation=2),
     Case("small-gqa-tp2-fsdp-bf16-2ranks", SMALL, micro_batch_size=4, seq_len=128, world_size=2, tensor_parallel=2),
-    Case(
-        "small-gqa-zero3-4ranks-fake", SMALL, micro_batch_size=4, seq_len=128, world_size=4, fake=True, fused_adamw=True
-    ),
+    Case("small-gqa-zero3-4ranks-fake", SMALL, micro_batch_size=4, seq_len=128, world_size=4, fake=True),
     Case(
         "small-gqa-zero3-4ranks-accum2-fake",
         SMALL,
@@ -100,9 +98,8 @@ GRID: list[Case] = [
         world_size=4,
         accumulation=2,
         fake=True,
-        fused_adamw=True,
     ),
-    Case("llama-1b-fsdp-bf16-fake", PRESETS["llama-1b"], micro_batch_size=1, seq_len=2048, fake=True, fused_adamw=True),
+    Case("llama-1b-fsdp-bf16-fake", PRESETS["llama-1b"], micro_batch_size=1, seq_len=2048, fake=True),
     Case(
         "llama-1b-zero3-8ranks-fake",
         PRESETS["llama-1b"],
@@ -110,7 +107,6 @@ GRID: list[Case] = [
         seq_len=2048,
         world_size=8,
         fake=True,
-        fused_adamw=True,
     ),
     Case(
         "llama-1b-zero2-8ranks-full-ac-fake",
@@ -121,7 +117,6 @@ GRID: list[Case] = [
         world_size=8,
         activation_checkpointing="full",
         fake=True,
-        fused_adamw=True,
     ),
 ]
 
@@ -176,6 +171,7 @@ def _measure(case: Case, *, rank: int, init_method: str | None) -> dict:
         parallelize,
         uses_autocast,
     )
+    from llmtrain_trainer.step import gradient_sync
     from torch._subclasses.fake_tensor import FakeTensorMode
     from torch.distributed._tools.mem_tracker import MemTracker
     from torch.distributed.tensor.parallel import loss_parallel as loss_parallel_ctx
@@ -219,7 +215,7 @@ def _measure(case: Case, *, rank: int, init_method: str | None) -> dict:
             if dims.data_parallel == "ddp" and tp == 1:
                 model = apply_ddp(model, mesh["dp_replicate"])
             params = [p for p in model.parameters() if p.requires_grad]
-            optimizer = build_optimizer(model, OptimizerSection(), "cuda" if case.fused_adamw else "cpu")
+            optimizer = build_optimizer(model, OptimizerSection(), "cpu")  # fused AdamW, as on CUDA
             autocast_dtype = mixed_precision_dtype(case.precision) if uses_autocast(dims) else None
             gen = torch.Generator().manual_seed(0)
             peaks = {}
@@ -231,12 +227,7 @@ def _measure(case: Case, *, rank: int, init_method: str | None) -> dict:
                         0, case.shape.vocab_size, (case.micro_batch_size, case.seq_len + 1), generator=gen
                     )
                     x, y = tokens[:, :-1], tokens[:, 1:]
-                    last = i == case.accumulation - 1
-                    sync_ctx = nullcontext()
-                    if hasattr(model, "set_requires_gradient_sync"):
-                        model.set_requires_gradient_sync(last)
-                    elif not last:
-                        sync_ctx = model.no_sync()
+                    sync_ctx = gradient_sync(model, last_micro_batch=i == case.accumulation - 1)
                     with sync_ctx, loss_parallel_ctx() if loss_parallel else nullcontext():
                         with torch.autocast("cpu", dtype=autocast_dtype) if autocast_dtype else nullcontext():
                             logits = model(x)
@@ -274,7 +265,6 @@ def estimate(case: Case):
         activation_checkpointing=case.activation_checkpointing,
         gradient_accumulation_steps=case.accumulation,
         device_type="cpu",  # the reference runs CPU kernels (composite RMSNorm, CPU flash attention)
-        fused_optimizer=case.fused_adamw,
     )
 
 

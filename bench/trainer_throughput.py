@@ -2,10 +2,10 @@
 """Throughput of the llmtrain trainer for one shape and parallel layout; prints one JSON line.
 
 It runs the real trainer (`python -m llmtrain_trainer`, under torchrun when --nproc > 1) on synthetic data
-with JSON logs every step, drops the warm-up steps (compilation, allocator growth) and reports medians:
-tokens/s (job-wide), step time, achieved TFLOP/s, MFU (when the device's peak is known or --peak-flops is
-given) and peak memory. `--repeats N` runs it N times and reports the median of the runs' medians (useful on
-shared CPUs).
+with JSON logs every step (or every --log-interval steps: only those wait for the device), drops the warm-up
+steps (compilation, allocator growth) and reports medians: tokens/s (job-wide), step time, achieved TFLOP/s,
+MFU (when the device's peak is known or --peak-flops is given) and peak memory. `--repeats N` runs it N times
+and reports the median of the runs' medians (useful on shared CPUs).
 
 Shapes match the Hugging Face baseline (hf_baseline.py, kept beside the checkout in ../shared/bench, not in
 this repository): gpt2-124m (seq 1024, batch 32) and llama-1b = its llama-1.1b
@@ -63,7 +63,7 @@ def build_config(a: argparse.Namespace, seq: int, micro: int) -> dict:
             "compile": a.compile,
         },
         "metrics": {"port": 0, **({"peakFlops": a.peak_flops} if a.peak_flops else {})},
-        "logging": {"interval": 1, "json": True},
+        "logging": {"interval": a.log_interval, "json": True},
     }
 
 
@@ -110,6 +110,12 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=10, help="measured steps")
     ap.add_argument("--warmup", type=int, default=3, help="steps not measured")
     ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument(
+        "--log-interval",
+        type=int,
+        default=1,
+        help="log (and read the step's values on the host) every N steps; the others do not wait for the device",
+    )
     ap.add_argument("--peak-flops", type=float, help="peak FLOP/s per device for MFU (default: GPU table)")
     ap.add_argument("--timeout", type=int, default=1800)
     a = ap.parse_args()

@@ -7,13 +7,13 @@ and `suggest_fit` names the nearest change that would. The estimate models what 
 - parameters are fp32 master weights, sharded by FSDP2 over `dp_shard` (dim 0, padded) and split by TP;
 - gradients are fp32 (FSDP2 reduces in fp32); DDP also keeps fp32 all-reduce buckets as large as the gradients
   (`gradient_as_bucket_view` is off);
-- AdamW keeps two fp32 states; the CPU (foreach) implementation makes one more fp32 temporary per group, the CUDA
-  (fused) one none;
+- AdamW keeps two fp32 states; it is the fused implementation on every device (optim.build_optimizer), which makes
+  no temporaries;
 - with mixed precision FSDP2 gathers bf16/fp16 copies (all of them from forward to backward with zero2, a block or
   two at a time with zero3, the root's and the last block's always); plain DDP casts with autocast, whose bf16
   weight copies stay referenced by the autograd graph until backward, and whose residual stream stays fp32;
-- with gradient accumulation FSDP2 holds *unsharded* fp32 gradients between micro-batches
-  (`set_requires_gradient_sync(False)`), i.e. the whole model's gradients on every rank;
+- with gradient accumulation FSDP2 reduce-scatters every micro-batch (step.gradient_sync), so between
+  micro-batches a rank holds its sharded fp32 gradients only; DDP holds the whole model's fp32 `.grad`;
 - the loss runs on `logits.float()`: the logits, their fp32 copy, log-softmax and its gradients over the full
   vocabulary (or the rank's vocabulary slice with loss parallelism);
 - grouped-query attention's `repeat_interleave` copies of K and V are saved for backward.
@@ -183,9 +183,9 @@ def estimate_memory(
     ends: every gradient, reduce buffers in flight; (C) the optimizer step. Components are reported for the winner.
 
     `device_type` selects the kernels and what the trainer builds there: 'cuda' fused RMSNorm, flash/efficient
-    attention, fused AdamW (no temporaries) and a CUDA context; 'cpu' composite RMSNorm, CPU flash attention,
-    foreach AdamW (one fp32 temporary per parameter group) and no context. `fused_optimizer` overrides the
-    optimizer's choice (the validation runs the CUDA optimizer on CPU kernels).
+    attention and a CUDA context; 'cpu' composite RMSNorm, CPU flash attention and no context. The trainer's AdamW
+    is fused (no temporaries) on both; `fused_optimizer=False` estimates foreach AdamW (one fp32 temporary per
+    parameter group) instead.
     """
     s = shape
     seq = seq_len or s.max_seq_len
@@ -226,8 +226,8 @@ def estimate_memory(
 
     # --- gradients held during forward/backward ----------------------------------------------------------------
     # Step 1 of accumulation runs with zero_grad(set_to_none) gradients; from the 2nd micro-batch on, FSDP2 keeps
-    # the whole model's unsharded fp32 gradients (set_requires_gradient_sync(False)) and DDP its fp32 .grad.
-    held_grads = FP32 * n_full if accum > 1 else 0
+    # the sharded fp32 gradients it reduce-scattered (step.gradient_sync) and DDP the whole model's fp32 .grad.
+    held_grads = (sharded_grads if lay.fsdp else FP32 * n_full) if accum > 1 else 0
 
     # --- activations saved for backward (per micro-batch) ------------------------------------------------------
     b = micro_batch_size
@@ -298,13 +298,13 @@ def estimate_memory(
     root_gathered = c * n_root if lay.fsdp else 0
     end = (master, grads_end, adam_states, 0, btv * c, root_gathered + reduce_buffers + ddp_buckets)
 
-    # C: the optimizer step. foreach AdamW (CPU) makes sqrt(exp_avg_sq) for a whole parameter group at once;
-    # fused (CUDA) makes nothing
+    # C: the optimizer step. The trainer's fused AdamW makes nothing; foreach AdamW (`fused_optimizer=False`) would
+    # make sqrt(exp_avg_sq) for a whole parameter group at once
     groups = (
         sum(t.shard(lay.dp_shard) for t in every if t.decay),
         sum(t.shard(lay.dp_shard) for t in every if not t.decay),
     )
-    fused = device_type == "cuda" if fused_optimizer is None else fused_optimizer
+    fused = True if fused_optimizer is None else fused_optimizer
     optimizer_temp = 0 if fused else FP32 * max(groups)
     step = (master, sharded_grads, adam_states + optimizer_temp, 0, 0, ddp_buckets)
 

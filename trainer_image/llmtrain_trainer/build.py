@@ -39,8 +39,9 @@ from .parallelize import (
     uses_autocast,
 )
 from .precision import LossScaler
+from .prefetch import BatchPrefetcher
 from .progress import Progress, ThroughputWindow, micro_batches_per_step
-from .step import FaultInjection, StepPlan
+from .step import FaultInjection, PendingReadout, StepPlan
 
 
 @dataclass
@@ -60,6 +61,7 @@ class Trainer:
     optimizer: torch.optim.Optimizer
     scaler: LossScaler
     sampler: BatchSampler
+    batches: BatchPrefetcher  # the sampler's batches, prepared ahead on a thread
     flops_per_token: float
     peak_flops: float | None  # of one device; None where unknown (no MFU)
     metrics: Metrics
@@ -69,6 +71,7 @@ class Trainer:
     faults: FaultInjection = field(default_factory=FaultInjection.from_env)
     progress: Progress = field(default_factory=Progress)
     throughput: ThroughputWindow = field(default_factory=lambda: ThroughputWindow(time.perf_counter()))
+    unread: PendingReadout | None = None  # the previous step's values, still on their way to the host
 
     def state_dict(self) -> dict:
         """This rank's part of a checkpoint, beside the model and optimizer shards: what exact resume needs."""
@@ -111,8 +114,9 @@ def build_trainer(cfg: TrainerConfig, runtime: Runtime, stop: StopRequest) -> Tr
         model=model,
         params=[p for p in model.parameters() if p.requires_grad],
         optimizer=build_optimizer(model, cfg.optimizer, runtime.device.type),
-        scaler=LossScaler(enabled=cfg.precision == "fp16"),
+        scaler=LossScaler(enabled=cfg.precision == "fp16", device=runtime.device),
         sampler=sampler,
+        batches=BatchPrefetcher(sampler, runtime.device, plan.micro_batch_size),
         flops_per_token=flops_per_token(args, cfg.data.seq_len),
         peak_flops=device_peak_flops(runtime.device, cfg.metrics.peak_flops),
         metrics=build_metrics(cfg, runtime),
@@ -240,6 +244,7 @@ def build_checkpointer(cfg: TrainerConfig, runtime: Runtime, log: RunLog, args: 
         rank=runtime.rank,
         log=log,
         model_args=args,
+        device_type=runtime.device.type,
     )
 
 

@@ -25,7 +25,9 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.staging import DefaultStager, StagingOptions
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+from torch.distributed.checkpoint.state_dict_saver import AsyncSaveResponse
 
 COMPLETE_MARKER = ".complete"
 _STEP_DIR = re.compile(r"^step-(\d{8})$")
@@ -84,18 +86,36 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
+def staging_options(device_type: str) -> StagingOptions:
+    """How an async save copies the state off the training tensors before writing it in the background.
+
+    On CUDA: into pinned host memory, with non-blocking copies on a side stream while the next step computes (the
+    trainer waits for the copy only before the optimizer changes the parameters). On CPU the copy is a plain,
+    synchronous one (there is nothing to pin or overlap). Either way the stager keeps its buffers and reuses them
+    for every later save, instead of allocating the whole state again. Shared memory is only for DCP's
+    process-based writer; ours is a thread.
+    """
+    on_gpu = device_type == "cuda"
+    return StagingOptions(
+        use_pinned_memory=on_gpu, use_shared_memory=False, use_async_staging=on_gpu, use_non_blocking_copy=on_gpu
+    )
+
+
 @dataclass
 class PendingSave:
     step: int
     tmp: Path
     future: object | None  # an async save's future; None once written
     started: float
+    staged: object | None = None  # a future done once the state is copied off the training tensors (CUDA)
 
 
 class Checkpointer:
     """Saves and loads the training state; all methods are collective (every rank calls them in step)."""
 
-    def __init__(self, root: str, *, keep: int, async_save: bool, rank: int, log, model_args=None):
+    def __init__(
+        self, root: str, *, keep: int, async_save: bool, rank: int, log, model_args=None, device_type: str = "cpu"
+    ):
         self.root = Path(root)
         self.model_args = model_args  # a ModelArgs written into each step directory by rank 0
         self.keep = keep
@@ -105,6 +125,7 @@ class Checkpointer:
         self.pending: PendingSave | None = None
         # async saves talk on their own gloo group so they never interleave with training collectives
         self._async_group = dist.new_group(backend="gloo") if async_save else None
+        self._stager = DefaultStager(staging_options(device_type)) if async_save else None
         if rank == 0:
             self.root.mkdir(parents=True, exist_ok=True)
             for path in remove_incomplete(self.root):
@@ -126,12 +147,33 @@ class Checkpointer:
 
             write_model_args(tmp, self.model_args)
         if self.async_save and not force_sync:
-            future = dcp.async_save(state, checkpoint_id=str(tmp), process_group=self._async_group)
-            self.pending = PendingSave(step, tmp, future, started)
+            self.pending = self._start_async_save(step, tmp, state, started)
             return None
         dcp.save(state, checkpoint_id=str(tmp))
         self.pending = PendingSave(step, tmp, None, started)
         return self.finalize()
+
+    def _start_async_save(self, step: int, tmp: Path, state: dict, started: float) -> PendingSave:
+        """dcp.async_save through our stager (its buffers are reused save after save)."""
+        response = dcp.async_save(
+            state, checkpoint_id=str(tmp), process_group=self._async_group, async_stager=self._stager
+        )
+        if isinstance(response, AsyncSaveResponse):  # staging runs in the background (CUDA)
+            return PendingSave(step, tmp, response.upload_completion, started, response.staging_completion)
+        return PendingSave(step, tmp, response, started)
+
+    def wait_for_staging(self) -> None:
+        """Block until the pending async save has copied the state: call before the optimizer changes it."""
+        pending = self.pending
+        if pending is not None and pending.staged is not None:
+            pending.staged.result()
+            pending.staged = None
+
+    def close(self) -> None:
+        """Release the staging buffers (the pending save must be finalized first)."""
+        if self._stager is not None:
+            self._stager.close()
+            self._stager = None
 
     def local_done(self) -> bool:
         """This rank has nothing left to write (the trainer all-reduces this before calling finalize)."""

@@ -399,13 +399,19 @@ class BatchSampler:
         """The global batch of `step` as (source, array, start) per row: a pure function of (seed, step)."""
         return self.index.draw(np.random.default_rng([self.seed, step]), self.global_batch_size)
 
-    def next_batch(self) -> tuple[np.ndarray, np.ndarray]:
-        """(inputs, targets) for this rank: (global_batch / dp, seq_len) int64 arrays; advances the position."""
+    def batch_at(self, step: int) -> tuple[np.ndarray, np.ndarray]:
+        """(inputs, targets) of `step` for this rank: (global_batch / dp, seq_len) int64 arrays; no state changes,
+        so a background thread can prepare batches ahead (prefetch.py)."""
         per_rank = self.global_batch_size // self.dp_size
         mine = slice(self.dp_rank * per_rank, (self.dp_rank + 1) * per_rank)
-        windows = self.index.windows(*(a[mine] for a in self.locate(self.step)))
-        self.step += 1
+        windows = self.index.windows(*(a[mine] for a in self.locate(step)))
         return windows[:, :-1], windows[:, 1:]
+
+    def next_batch(self) -> tuple[np.ndarray, np.ndarray]:
+        """The batch at the current position; advances the position."""
+        batch = self.batch_at(self.step)
+        self.step += 1
+        return batch
 
     def state_dict(self) -> dict:
         return {"step": self.step, "seed": self.seed}

@@ -28,14 +28,11 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 
 def build_optimizer(model: nn.Module, cfg: OptimizerConfig, device_type: str) -> torch.optim.AdamW:
-    fused = device_type == "cuda"
+    """Fused AdamW on every device (CUDA and CPU have the kernel): it is the fastest, and its `found_inf` lets
+    the trainer skip a step on the device, without the host reading whether the gradients were finite."""
+    del device_type  # fused on CPU and CUDA alike
     return torch.optim.AdamW(
-        param_groups(model, cfg.weight_decay),
-        lr=cfg.lr,
-        betas=tuple(cfg.betas),
-        eps=cfg.eps,
-        fused=fused,
-        foreach=not fused,
+        param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, fused=True
     )
 
 

@@ -24,10 +24,13 @@ class Progress:
     last_loss: float | None = None
     last_eval_loss: float | None = None  # the latest validation loss (evaluation section), for the exit summary
 
-    def advance(self, *, tokens: int, loss: float) -> None:
-        """Count one finished optimizer step that trained on `tokens` and had (all-reduced) `loss`."""
+    def advance(self, *, tokens: int) -> None:
+        """Count one finished optimizer step that trained on `tokens`."""
         self.step += 1
         self.tokens += tokens
+
+    def observe_loss(self, loss: float) -> None:
+        """A step's (all-reduced) loss, once on the host: steps are observed in order, possibly one step late."""
         self.last_loss = loss
         self.nonfinite_loss_streak = 0 if math.isfinite(loss) else self.nonfinite_loss_streak + 1
 

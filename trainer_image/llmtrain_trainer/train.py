@@ -2,12 +2,14 @@
 
     trainer = build_trainer(...)        build.py: config checks, sharded model, optimizer, data, resume
     while steps remain:
-        outcome = train_step(trainer)   step.py: forward/backward, clip, one all-reduce, optimizer update
-        after_step(trainer, outcome)    here: divergence, metrics, the log line, checkpoints
+        result = train_step(trainer)    step.py: forward/backward, clip, one all-reduce, optimizer update
+        after_step(trainer, result)     here: divergence, metrics, the log line, checkpoints
         SIGTERM before the last step? the state is saved: exit 143
     finish(trainer)                     here: publish the last save, export (checkpoint.export), the termination message
 
 Every decision (log? save? stop?) is taken on values all ranks agreed on, so all ranks take it at the same step.
+Those values reach the host at once on logging steps and the last step, otherwise one step late (step.py): a
+SIGTERM or a finished async save may thus be acted on one step later, by every rank alike.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from .progress import (
     has_diverged,
     should_log,
 )
-from .step import StepOutcome, train_step
+from .step import StepOutcome, StepResult, train_step
 
 
 class Diverged(RuntimeError):
@@ -41,12 +43,23 @@ class Diverged(RuntimeError):
 def train(cfg: TrainerConfig, runtime: Runtime, stop: StopRequest) -> int:
     """Run to the end; return the exit code (0, or 143 after a SIGTERM save). Raises Diverged, ConfigError."""
     trainer = build_trainer(cfg, runtime, stop)
+    try:
+        return train_loop(trainer)
+    finally:
+        trainer.batches.close()
+        if trainer.checkpointer is not None:
+            trainer.checkpointer.close()
+
+
+def train_loop(trainer: Trainer) -> int:
+    """Step until done or told to stop; the exit code."""
+    cfg = trainer.cfg
     log_start(trainer)
     trainer.throughput.restart(time.perf_counter())  # the first log line's tokens/s starts here, after resuming
     while trainer.progress.step < cfg.training.steps:
-        outcome = train_step(trainer)
-        after_step(trainer, outcome)
-        if exits_on_sigterm(outcome.step, total_steps=cfg.training.steps, stop_requested=outcome.stop_requested):
+        result = train_step(trainer)
+        after_step(trainer, result)
+        if exits_on_sigterm(result.step, total_steps=cfg.training.steps, stop_requested=stop_requested(result)):
             return stop_on_sigterm(trainer)
     return finish(trainer)
 
@@ -71,38 +84,51 @@ def log_start(trainer: Trainer) -> None:
     )
 
 
-def after_step(trainer: Trainer, outcome: StepOutcome) -> None:
-    """Everything between two steps: divergence check, metrics, the log line when due, checkpoints when due."""
+def stop_requested(result: StepResult) -> bool:
+    """A SIGTERM reached some rank, as far as the values read so far tell (the same on every rank)."""
+    return result.latest is not None and result.latest.stop_requested
+
+
+def after_step(trainer: Trainer, result: StepResult) -> None:
+    """Everything between two steps: per outcome read, divergence check, metrics and the log line when due; then
+    evaluation and checkpoints when due."""
     trainer.throughput.add(trainer.plan.tokens_per_step)
+    for outcome in result.outcomes:
+        after_outcome(trainer, outcome)
+    stopping = stop_requested(result)
+    if not stopping and eval_due(result.step, trainer.cfg.training.steps, trainer.cfg):
+        run_evaluation(trainer, result.step)
+    log_memory(trainer, result.step)
+    if trainer.checkpointer is not None:
+        checkpoint_after_step(trainer, trainer.checkpointer, result)
+
+
+def after_outcome(trainer: Trainer, outcome: StepOutcome) -> None:
+    """A step's values, once on the host: the divergence streak, metrics, its log line when due."""
+    trainer.progress.observe_loss(outcome.loss)
     check_divergence(trainer, outcome)
     record_step_metrics(trainer, outcome)
-    if not outcome.stop_requested and eval_due(outcome.step, trainer.cfg.training.steps, trainer.cfg):
-        run_evaluation(trainer, outcome.step)
     if should_log(outcome.step, interval=trainer.cfg.logging.interval, total_steps=trainer.cfg.training.steps):
         log_step(trainer, outcome)
-    log_memory(trainer, outcome)
-    if trainer.checkpointer is not None:
-        checkpoint_after_step(trainer, trainer.checkpointer, outcome)
 
 
-def log_memory(trainer: Trainer, outcome: StepOutcome) -> None:
+def log_memory(trainer: Trainer, step: int) -> None:
     """Once: the preflight estimate beside the measured peak (rank 0 logs; memory_check says at which step)."""
     report = trainer.memory
-    if report is not None and report.due(outcome.step, trainer.cfg.training.steps):
+    if report is not None and report.due(step, trainer.cfg.training.steps):
         peak = measured_peak(trainer.runtime.device)
-        trainer.log("memory", step=outcome.step, **memory_record(report.estimate, peak))
+        trainer.log("memory", step=step, **memory_record(report.estimate, peak))
 
 
 def check_divergence(trainer: Trainer, outcome: StepOutcome) -> None:
     """Log a skipped step; raise Diverged once the loss has been non-finite for divergence_patience steps."""
-    scaler = trainer.scaler
     if outcome.skipped:
         trainer.log(
             "step_skipped",
             step=outcome.step,
             loss=outcome.loss,
-            loss_scale=scaler.scale,
-            skipped_total=scaler.skipped_steps,
+            loss_scale=outcome.loss_scale,
+            skipped_total=outcome.skipped_total,
         )
     streak = trainer.progress.nonfinite_loss_streak
     if has_diverged(streak, patience=trainer.cfg.training.divergence_patience):
@@ -137,7 +163,7 @@ def record_step_metrics(trainer: Trainer, outcome: StepOutcome) -> None:
         seconds=outcome.seconds,
         grad_norm=outcome.grad_norm,
         lr=outcome.lr,
-        loss_scale=trainer.scaler.scale,
+        loss_scale=outcome.loss_scale,
         skipped=outcome.skipped,
         flops_per_token=trainer.flops_per_token,
         peak=trainer.peak_flops,
@@ -161,30 +187,38 @@ def log_step(trainer: Trainer, outcome: StepOutcome) -> None:
         mfu=None if utilisation is None else round(utilisation, 4),
         flops_per_s=round(tokens_per_s * trainer.flops_per_token, 1),
         mem_gib=memory_gib(),
-        loss_scale=trainer.scaler.scale,
-        skipped_total=trainer.scaler.skipped_steps,
+        loss_scale=outcome.loss_scale,
+        skipped_total=outcome.skipped_total,
     )
     trainer.throughput.restart(time.perf_counter())
 
 
-def checkpoint_after_step(trainer: Trainer, checkpointer: Checkpointer, outcome: StepOutcome) -> None:
+def checkpoint_after_step(trainer: Trainer, checkpointer: Checkpointer, result: StepResult) -> None:
     """Publish an async save every rank has finished writing; save when SIGTERM or the schedule says so."""
-    if checkpointer.pending is not None and not outcome.checkpoint_writes_pending:
+    if writes_done(checkpointer, result.latest):
         publish_pending(checkpointer, trainer.metrics)
     reason = checkpoint_due(
-        outcome.step,
+        result.step,
         interval=trainer.cfg.checkpoint.interval,
         total_steps=trainer.cfg.training.steps,
-        stop_requested=outcome.stop_requested,
+        stop_requested=stop_requested(result),
         save_on_sigterm=trainer.cfg.checkpoint.save_on_sigterm,
     )
     if reason is None:
         return
     seconds = checkpointer.save(
-        outcome.step, trainer.model, trainer.optimizer, trainer.state_dict(), force_sync=reason is SaveReason.SIGTERM
+        result.step, trainer.model, trainer.optimizer, trainer.state_dict(), force_sync=reason is SaveReason.SIGTERM
     )
     if seconds is not None:
-        trainer.metrics.record_checkpoint(outcome.step, seconds)
+        trainer.metrics.record_checkpoint(result.step, seconds)
+
+
+def writes_done(checkpointer: Checkpointer, latest: StepOutcome | None) -> bool:
+    """Every rank reported the pending async save written, in values read this step about that very save."""
+    pending = checkpointer.pending
+    if pending is None or latest is None or latest.pending_save_step != pending.step:
+        return False
+    return not latest.checkpoint_writes_pending
 
 
 def stop_on_sigterm(trainer: Trainer) -> int:

@@ -7,8 +7,10 @@ half-written (.tmp) or lack the .complete marker are never loaded, even when new
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
-from trainer_runs import CHECKPOINT_INTERVAL, RESUME_LAYOUT, STEPS
+from trainer_runs import CHECKPOINT_INTERVAL, RESUME_LAYOUT, STEPS, Run, layout_config, merged, run_trainer
 
 
 def test_resumed_run_continues_from_the_newest_complete_checkpoint(resumed_run):
@@ -40,3 +42,41 @@ def test_async_checkpoints_are_published_complete_with_every_ranks_state(layout_
     for name in names:
         files = {p.name for p in (root / name).iterdir()}
         assert {".complete", ".metadata", "trainer-rank00000.pt", "trainer-rank00001.pt"} <= files
+
+
+# --- values read one step late --------------------------------------------------------------------------------
+
+LAGGED_LOG_INTERVAL = 5  # steps 5, 10 and the last are read at once; every other step one step late
+
+
+@pytest.fixture(scope="module")
+def lagged_runs(tmp_path_factory) -> tuple[Run, Run]:
+    """The resume layout logging every 5 steps (most values reach the host one step late), straight and resumed
+    from its own async mid-run checkpoint."""
+    workdir = tmp_path_factory.mktemp("lagged")
+    logging = {"logging": {"interval": LAGGED_LOG_INTERVAL}}
+    config = merged(layout_config(RESUME_LAYOUT, workdir / "checkpoints"), logging)
+    straight = run_trainer(config, workdir, nproc=2)
+    resumed_dir = tmp_path_factory.mktemp("lagged-resumed")
+    middle = f"step-{CHECKPOINT_INTERVAL:08d}"
+    shutil.copytree(workdir / "checkpoints" / middle, resumed_dir / "checkpoints" / middle)
+    config["checkpoint"]["dir"] = str(resumed_dir / "checkpoints")
+    return straight, run_trainer(config, resumed_dir, nproc=2)
+
+
+def test_reading_values_late_changes_no_number_and_publishes_every_async_save(layout_runs, lagged_runs):
+    straight, _ = lagged_runs
+    assert straight.returncode == 0, straight.explain()
+    assert sorted(straight.losses) == [5, 10, STEPS]
+    for step, loss in straight.losses.items():
+        assert loss == pytest.approx(layout_runs[RESUME_LAYOUT].losses[step], abs=1e-5), f"step {step}"
+    published = [e["checkpoint_step"] for e in straight.of("checkpoint_saved")]
+    assert published == [CHECKPOINT_INTERVAL, STEPS]
+
+
+def test_a_run_that_reads_values_late_resumes_exactly(layout_runs, lagged_runs):
+    _, resumed = lagged_runs
+    assert resumed.returncode == 0, resumed.explain()
+    assert sorted(resumed.losses) == [10, STEPS]
+    for step, loss in resumed.losses.items():
+        assert loss == pytest.approx(layout_runs[RESUME_LAYOUT].losses[step], abs=1e-5), f"step {step}"

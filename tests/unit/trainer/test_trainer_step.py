@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from contextlib import contextmanager
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -17,6 +18,7 @@ from llmtrain_trainer.config import ConfigError, TrainerConfig
 from llmtrain_trainer.memory_check import MemoryReport
 from llmtrain_trainer.parallelize import ParallelDims
 from llmtrain_trainer.precision import LossScaler
+from llmtrain_trainer.prefetch import to_device_micro_batches
 from llmtrain_trainer.progress import (
     Progress,
     SaveReason,
@@ -30,12 +32,13 @@ from llmtrain_trainer.progress import (
 )
 from llmtrain_trainer.step import (
     FaultInjection,
+    PendingReadout,
     RankAgreement,
     StepPlan,
     apply_update,
+    collect_outcomes,
     forward_backward,
     parse_steps,
-    to_micro_batches,
     unscale_and_clip,
 )
 from torch import nn
@@ -85,14 +88,18 @@ class FakeDDP(nn.Module):
 
 
 class FakeFSDP(FakeDDP):
-    """The same model with FSDP2's `set_requires_gradient_sync`, recording each call."""
+    """The same model with FSDP2's `set_requires_all_reduce` (HSDP's all-reduce across replicas), recording each
+    call; like FSDP2 it reduce-scatters every micro-batch unless told otherwise."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.sync_calls: list[bool] = []
+        self.all_reduce_calls: list[bool] = []
+
+    def set_requires_all_reduce(self, requires: bool) -> None:
+        self.all_reduce_calls.append(requires)
 
     def set_requires_gradient_sync(self, requires: bool) -> None:
-        self.sync_calls.append(requires)
+        raise AssertionError("gradients stay sharded: FSDP reduce-scatters every micro-batch")
 
 
 def backward(
@@ -105,7 +112,8 @@ def backward(
 ) -> torch.Tensor:
     """forward_backward over the same `rows` sequences, cut into micro-batches of `micro_batch` rows."""
     tokens = np.random.default_rng(1).integers(0, VOCAB, (rows, SEQ + 1))
-    micro_batches = to_micro_batches((tokens[:, :-1], tokens[:, 1:]), torch.device("cpu"), micro_batch)
+    inputs, targets = torch.from_numpy(tokens[:, :-1]), torch.from_numpy(tokens[:, 1:])
+    micro_batches = to_device_micro_batches(inputs, targets, torch.device("cpu"), micro_batch)
     plan = StepPlan(micro_batch, len(micro_batches), 0, grad_clip=0.0, autocast_dtype=None, loss_parallel=False)
     return forward_backward(model, micro_batches, scaler or LossScaler(enabled=False), plan, poison_loss=poison_loss)
 
@@ -129,10 +137,10 @@ def test_ddp_synchronises_gradients_only_on_the_last_micro_batch():
     assert model.unsynced == [True, True, False]
 
 
-def test_fsdp_synchronises_gradients_only_on_the_last_micro_batch():
+def test_fsdp_reduce_scatters_every_micro_batch_and_all_reduces_across_replicas_only_on_the_last():
     model = FakeFSDP()
     backward(model, rows=6, micro_batch=2)
-    assert model.sync_calls == [False, False, True]
+    assert model.all_reduce_calls == [False, False, True]
     assert model.unsynced == [False, False, False]  # FSDP2 never enters DDP's no_sync
 
 
@@ -166,10 +174,14 @@ def test_an_overflowing_step_is_skipped_its_gradients_dropped_and_the_scale_back
     scaler = LossScaler(enabled=True, init_scale=1024.0)
     norm = unscale_and_clip(params, scaler, grad_clip=1.0, poison_grad=True)
     assert not math.isfinite(norm.item())
-    apply_update(torch.optim.SGD(params, lr=0.1), scaler, skip=True)
+    optimizer = torch.optim.AdamW(params, lr=0.1, fused=True)
+    apply_update(optimizer, scaler, found_nonfinite=torch.tensor(1.0))
     assert all(torch.equal(p, b) for p, b in zip(params, before, strict=True))
     assert all(p.grad is None for p in params)
     assert (scaler.scale, scaler.skipped_steps) == (512.0, 1)
+    # AdamW's state did not advance either: exact resume depends on its step count
+    assert all(state["step"].item() == 0 for state in optimizer.state.values())
+    assert all(not state["exp_avg"].any() for state in optimizer.state.values())
 
 
 def test_a_clean_step_updates_the_parameters_and_clears_the_gradients():
@@ -177,9 +189,33 @@ def test_a_clean_step_updates_the_parameters_and_clears_the_gradients():
     backward(model)
     params = list(model.parameters())
     before = [p.detach().clone() for p in params]
-    apply_update(torch.optim.SGD(params, lr=0.1), LossScaler(enabled=False), skip=False)
+    optimizer = torch.optim.AdamW(params, lr=0.1, fused=True)
+    apply_update(optimizer, LossScaler(enabled=False), found_nonfinite=torch.tensor(0.0))
     assert not any(torch.equal(p, b) for p, b in zip(params, before, strict=True))
     assert all(p.grad is None for p in params)
+    assert all(state["step"].item() == 1 for state in optimizer.state.values())
+
+
+def test_the_skip_is_taken_on_the_device_the_next_clean_step_counts_as_the_first():
+    """A skipped step leaves AdamW exactly as if it had not happened: skip-then-step equals a single step."""
+    skipped_then_stepped, stepped = FakeDDP(), FakeDDP()
+    for model, flags in ((skipped_then_stepped, (1.0, 0.0)), (stepped, (0.0,))):
+        optimizer = torch.optim.AdamW(model.parameters(), lr=0.1, fused=True)
+        for flag in flags:
+            backward(model)
+            apply_update(optimizer, LossScaler(enabled=False), found_nonfinite=torch.tensor(flag))
+    for a, b in zip(skipped_then_stepped.parameters(), stepped.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_the_loss_scale_grows_after_a_clean_stretch_and_never_backs_off_below_the_minimum():
+    scaler = LossScaler(enabled=True, init_scale=4.0, growth_interval=2, min_scale=1.0)
+    scales = []
+    for overflow in (0.0, 0.0, 1.0, 1.0, 1.0, 1.0, 0.0):
+        scaler.update(torch.tensor(overflow))
+        scales.append(scaler.scale)
+    assert scales == [4.0, 8.0, 4.0, 2.0, 1.0, 1.0, 1.0]
+    assert (scaler.skipped_steps, scaler.clean_steps) == (4, 1)
 
 
 def test_a_poisoned_loss_makes_the_step_loss_nan():
@@ -226,12 +262,36 @@ def test_the_ranks_sums_become_the_average_loss_and_any_rank_flags():
     assert RankAgreement.from_sums([2.0, 0.0, 1.0, 0.0], world_size=2) == RankAgreement(1.0, False, True, False)
 
 
+def readout(step: int, *, stop: float = 0.0) -> PendingReadout:
+    """A step's values as the device would copy them: sums over 2 ranks, then grad norm, scale, skips."""
+    values = torch.tensor([2.0 * step, 0.0, stop, 0.0, 0.5, 1.0, 0.0])
+    return PendingReadout(values, None, step, lr=1e-3, pending_save_step=None)
+
+
+def test_values_are_read_one_step_late_except_on_steps_read_at_once():
+    trainer = SimpleNamespace(runtime=SimpleNamespace(world_size=2), unread=None)
+    read_at_once = {3, 4}
+    observed = []
+    for step in range(1, 7):
+        outcomes = collect_outcomes(trainer, readout(step), read_now=step in read_at_once)
+        observed.append([outcome.step for outcome in outcomes])
+    assert observed == [[], [1], [2, 3], [4], [], [5]]  # every step read exactly once, in order
+
+
+def test_a_late_read_carries_what_every_rank_agreed_on_at_that_step():
+    trainer = SimpleNamespace(runtime=SimpleNamespace(world_size=2), unread=None)
+    collect_outcomes(trainer, readout(7, stop=1.0), read_now=False)
+    (late,) = collect_outcomes(trainer, readout(8), read_now=False)
+    assert (late.step, late.loss, late.stop_requested, late.skipped) == (7, 7.0, True, False)
+
+
 # --- progress ---------------------------------------------------------------------------------------------------
 
 
 def test_progress_counts_steps_and_tokens_and_keeps_the_last_loss():
     progress = Progress(step=10, tokens=1000)
-    progress.advance(tokens=256, loss=2.5)
+    progress.advance(tokens=256)
+    progress.observe_loss(2.5)  # read from the device when due: at once or one step late
     assert (progress.step, progress.tokens, progress.last_loss) == (11, 1256, 2.5)
 
 
@@ -239,7 +299,7 @@ def test_the_nonfinite_streak_grows_with_each_nan_or_inf_loss_and_a_finite_loss_
     progress = Progress()
     streaks = []
     for loss in (1.0, math.nan, math.inf, math.nan, 0.9, math.nan):
-        progress.advance(tokens=1, loss=loss)
+        progress.observe_loss(loss)
         streaks.append(progress.nonfinite_loss_streak)
     assert streaks == [0, 1, 2, 3, 0, 1]
 
