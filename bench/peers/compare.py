@@ -187,7 +187,8 @@ def scale(bench: Bench, op: Operator, nodes: int) -> dict[str, Any]:
 
 def _pod_log(bench: Bench, op: Operator, pod: client.V1Pod) -> str:
     try:
-        return bench.core.read_namespaced_pod_log(pod.metadata.name, pod.metadata.namespace, container=op.container)
+        log = bench.core.read_namespaced_pod_log(pod.metadata.name, pod.metadata.namespace, container=op.container)
+        return log or ""  # the client reads an empty log as None
     except client.ApiException:
         return ""
 
@@ -224,59 +225,87 @@ def _worker_pids(job_name: str, node_rank: str) -> list[int]:
     return sorted(pids)
 
 
-def _fault_setup(bench: Bench, op: Operator) -> str:
-    ns = bench.namespace(f"peers-fault-{op.plural}")
+def _fault_setup(bench: Bench, op: Operator, tag: str) -> str:
+    ns = bench.namespace(f"peers-fault-{op.plural}{tag}")
     script = (REPO / "examples" / "custom" / "ddp" / "train_ddp.py").read_text()
     bench.core.create_namespaced_config_map(ns, manifests.script_config_map(manifests.SCRIPT_CONFIG_MAP, script))
     bench.core.create_namespaced_persistent_volume_claim(ns, manifests.checkpoint_claim("checkpoints"))
     return ns
 
 
-def _pod_state(pods: list[client.V1Pod]) -> tuple[set[str], int]:
-    uids = {p.metadata.uid for p in pods}
-    restarts = sum(cs.restart_count for p in pods for cs in (p.status.container_statuses or []))
-    return uids, restarts
+def _restart_counts(pods: list[client.V1Pod]) -> dict[tuple[str, str], int]:
+    """Container restarts in place, by (pod uid, container)."""
+    return {(p.metadata.uid, cs.name): cs.restart_count for p in pods for cs in (p.status.container_statuses or [])}
 
 
-def fault(bench: Bench, op: Operator, nodes: int, steps: int, kill_at_step: int) -> dict[str, Any]:
-    ns, name = _fault_setup(bench, op), "fault"
+def _last_condition(job: dict[str, Any]) -> str:
+    """The newest true condition's reason and message: why the job ended as it did."""
+    true = [c for c in (job.get("status") or {}).get("conditions") or [] if c.get("status") == "True"]
+    return f"{true[-1].get('reason', '')}: {true[-1].get('message', '')}" if true else ""
+
+
+@dataclass
+class Observed:
+    """What the bench saw between the kill and the job's end."""
+
+    uids: set[str]
+    restarts: dict[tuple[str, str], int]
+    resumed_step: int | None = None
+    resumed_s: float | None = None
+    final: str | None = None
+
+
+def _observe(bench: Bench, op: Operator, ns: str, name: str, killed: float, seen: Observed) -> None:
+    """Poll pods, logs and the job until it ends; pods the operator deletes are remembered (uids, restarts)."""
+    while seen.final is None and time.monotonic() - killed < 600:
+        pods = bench.pods(op, ns, name)
+        seen.uids |= {p.metadata.uid for p in pods}
+        for key, count in _restart_counts(pods).items():
+            seen.restarts[key] = max(seen.restarts.get(key, 0), count)
+        if seen.resumed_step is None and (found := RESUMED.findall(_logs(bench, op, ns, name))):
+            seen.resumed_step, seen.resumed_s = int(found[-1]), round(time.monotonic() - killed, 1)
+        seen.final = op.final(bench.get(op, ns, name))
+        time.sleep(0.3)
+
+
+def fault(
+    bench: Bench, op: Operator, nodes: int, steps: int, kill_at_step: int, backoff_limit: int, tag: str = ""
+) -> dict[str, Any]:
+    ns, name = _fault_setup(bench, op, tag), "fault"
     offset = bench.audit_offset()
     began = time.monotonic()
-    bench.create(op, ns, op.build(name, nodes, manifests.script_args(steps, 0.25, 10), claim="checkpoints"))
+    args = manifests.script_args(steps, 0.25, 10)
+    bench.create(op, ns, op.build(name, nodes, args, claim="checkpoints", backoff_limit=backoff_limit))
     marker = f"step {kill_at_step}/{steps}"
     _wait(f"{op.label}: {marker}", lambda: marker in _logs(bench, op, ns, name), timeout=300)
     time.sleep(1.0)  # the step's checkpoint is written right after the line
     started_s = round(time.monotonic() - began, 1)
-    uids_before, restarts_before = _pod_state(bench.pods(op, ns, name))
+    pods = bench.pods(op, ns, name)
+    seen = Observed({p.metadata.uid for p in pods}, _restart_counts(pods))
+    before = (set(seen.uids), sum(seen.restarts.values()))
     pids = _wait(f"{op.label}: a node-rank-1 worker", lambda: _worker_pids(name, "1"), timeout=30)
     os.kill(pids[-1], signal.SIGKILL)
     killed = time.monotonic()
-    resumed_step, resumed_s, final, uids = None, None, None, set(uids_before)
-    restarts = restarts_before
-    while final is None and time.monotonic() - killed < 600:
-        pods = bench.pods(op, ns, name)
-        now_uids, restarts = _pod_state(pods)
-        uids |= now_uids
-        if resumed_step is None and (found := RESUMED.findall(_logs(bench, op, ns, name))):
-            resumed_step, resumed_s = int(found[-1]), round(time.monotonic() - killed, 1)
-        final = op.final(bench.get(op, ns, name))
-        time.sleep(0.5)
+    _observe(bench, op, ns, name, killed, seen)
+    ended_s = round(time.monotonic() - killed, 1)
     job = bench.get(op, ns, name)
-    if resumed_step is None:  # the run may have ended before a poll saw the line: look once more
+    if seen.resumed_step is None:  # the run may have ended before a poll saw the line: look once more
         found = RESUMED.findall(_logs(bench, op, ns, name))
-        resumed_step = int(found[-1]) if found else None
+        seen.resumed_step = int(found[-1]) if found else None
     time.sleep(SETTLE_S)
     return {
         "nodes": nodes,
         "steps": steps,
+        "backoff_limit": backoff_limit,
         "killed_at_s": started_s,
-        "pods_recreated": len(uids - uids_before),
-        "container_restarts": restarts - restarts_before,
+        "pods_recreated": len(seen.uids - before[0]),
+        "container_restarts": sum(seen.restarts.values()) - before[1],
         "operator_restart_count": op.restarts(job),
-        "resumed_from_step": resumed_step,
-        "kill_to_resume_s": resumed_s,
-        "kill_to_final_s": round(time.monotonic() - SETTLE_S - killed, 1),
-        "final": final or "not finished in 600 s",
+        "resumed_from_step": seen.resumed_step,
+        "kill_to_resume_s": seen.resumed_s,
+        "kill_to_final_s": ended_s,
+        "final": seen.final or "not finished in 600 s",
+        "why": _last_condition(job),
         **bench.writes_since(offset, op.user),
     }
 
@@ -299,7 +328,17 @@ def _apply_llmtrain_crd(admin: Path) -> None:
     kubectl = [paths.kubectl_binary(), f"--kubeconfig={admin}"]
     crd = REPO / "crds" / "llmtrain.dev_llmtrainingjobs.yaml"
     subprocess.run([*kubectl, "apply", "--server-side", "--force-conflicts", "-f", str(crd)], check=True, timeout=60)
-    subprocess.run([*kubectl, "wait", "--for=condition=Established", "-f", str(crd)], check=True, timeout=60)
+    peers.wait_established([f"--filename={crd}"], time.monotonic() + 60)
+
+
+# The same backoffLimit for both, then the training-operator with room for the restarts it counts (every container
+# restart of every replica: one killed worker costs two, the worker's and the master's).
+FAULT_RUNS = ((LLMTRAIN, 2, ""), (TRAINING_OPERATOR, 2, ""), (TRAINING_OPERATOR, 6, "-b6"))
+
+
+def _report(scenario: str, label: str, result: dict[str, Any]) -> dict[str, Any]:
+    print(f"[peers] {scenario} {label}: {json.dumps(result)}", file=sys.stderr, flush=True)
+    return result
 
 
 def run(big_nodes: int, fault_nodes: int, steps: int, kill_at_step: int) -> dict[str, Any]:
@@ -315,14 +354,14 @@ def run(big_nodes: int, fault_nodes: int, steps: int, kill_at_step: int) -> dict
     }
     try:
         time.sleep(5)  # our operator's start-up (imports, watches)
-        for label, scenario in (
-            ("scale", lambda op: scale(bench, op, big_nodes)),
-            ("fault", lambda op: fault(bench, op, fault_nodes, steps, kill_at_step)),
-        ):
-            results[label] = {}
-            for op in (LLMTRAIN, TRAINING_OPERATOR):
-                print(f"[peers] {label}: {op.label}", file=sys.stderr, flush=True)
-                results[label][op.label] = scenario(op)
+        results["scale"] = {}
+        for op in (LLMTRAIN, TRAINING_OPERATOR):
+            results["scale"][op.label] = _report("scale", op.label, scale(bench, op, big_nodes))
+        results["fault"] = {}
+        for op, backoff_limit, tag in FAULT_RUNS:
+            label = op.label + (f" (backoffLimit {backoff_limit})" if tag else "")
+            result = fault(bench, op, fault_nodes, steps, kill_at_step, backoff_limit, tag)
+            results["fault"][label] = _report("fault", label, result)
     finally:
         operator.terminate()
         operator.wait(30)
@@ -341,6 +380,7 @@ ROWS = (
     ("fault", "resumed_from_step", "fault: resumed from step"),
     ("fault", "kill_to_resume_s", "fault: SIGKILL -> resumed (s)"),
     ("fault", "kill_to_final_s", "fault: SIGKILL -> final state (s)"),
+    ("fault", "backoff_limit", "fault: runPolicy.backoffLimit"),
     ("fault", "final", "fault: final state"),
     ("fault", "writes", "fault: API writes (no Events)"),
     ("fault", "event_writes", "fault: Event writes"),
@@ -348,11 +388,12 @@ ROWS = (
 
 
 def table(results: dict[str, Any]) -> str:
-    """A Markdown table, one column per operator."""
-    labels = list(results["scale"])
+    """A Markdown table, one column per operator (and fault-run variant); "-" where a scenario did not run it."""
+    labels = list(dict.fromkeys([*results["scale"], *results["fault"]]))
     lines = [f"| | {' | '.join(labels)} |", f"|---|{'---|' * len(labels)}"]
     for scenario, key, title in ROWS:
-        lines.append(f"| {title} | {' | '.join(str(results[scenario][op].get(key)) for op in labels)} |")
+        cells = [str(results[scenario].get(op, {}).get(key, "-")) for op in labels]
+        lines.append(f"| {title} | {' | '.join(cells)} |")
     return "\n".join(lines)
 
 

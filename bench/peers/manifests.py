@@ -28,7 +28,7 @@ def script_args(steps: int, seconds_per_step: float, checkpoint_interval: int) -
 
 
 def llmtrain_job(
-    name: str, nodes: int, args: list[str], claim: str | None = None, pending: bool = False
+    name: str, nodes: int, args: list[str], claim: str | None = None, pending: bool = False, backoff_limit: int = 2
 ) -> dict[str, Any]:
     """An LLMTrainingJob running the script with `spec.trainer` (the operator launches it through torchrun)."""
     spec: dict[str, Any] = {
@@ -36,7 +36,7 @@ def llmtrain_job(
         "procsPerNode": 1,
         "resources": RESOURCES,
         "trainer": {"command": ["python", SCRIPT], "args": args},
-        "runPolicy": {"backoffLimit": 2, "activeDeadlineSeconds": 900},
+        "runPolicy": {"backoffLimit": backoff_limit, "activeDeadlineSeconds": 900},
         "podTemplate": {
             "volumes": [{"name": "script", "configMap": {"name": SCRIPT_CONFIG_MAP}}],
             "volumeMounts": [{"name": "script", "mountPath": "/workspace", "readOnly": True}],
@@ -74,10 +74,10 @@ def _pytorch_pod(name: str, args: list[str], claim: str | None, pending: bool) -
 
 
 def pytorch_job(
-    name: str, nodes: int, args: list[str], claim: str | None = None, pending: bool = False
+    name: str, nodes: int, args: list[str], claim: str | None = None, pending: bool = False, backoff_limit: int = 2
 ) -> dict[str, Any]:
-    """A PyTorchJob with the same pod count (1 Master + nodes-1 Workers), restarting failed pods (OnFailure) up to
-    the same backoff limit."""
+    """A PyTorchJob with the same pod count (1 Master + nodes-1 Workers), its containers restarted in place on
+    failure (OnFailure) until the replicas' restarts together reach `backoff_limit`."""
     template = _pytorch_pod(name, args, claim, pending)
     replicas = {"Master": 1, "Worker": nodes - 1}
     return {
@@ -86,7 +86,7 @@ def pytorch_job(
         "metadata": {"name": name},
         "spec": {
             "nprocPerNode": "1",
-            "runPolicy": {"backoffLimit": 2, "activeDeadlineSeconds": 900, "cleanPodPolicy": "None"},
+            "runPolicy": {"backoffLimit": backoff_limit, "activeDeadlineSeconds": 900, "cleanPodPolicy": "None"},
             "pytorchReplicaSpecs": {
                 kind: {"replicas": count, "restartPolicy": "OnFailure", "template": template}
                 for kind, count in replicas.items()

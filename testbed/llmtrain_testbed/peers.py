@@ -164,7 +164,7 @@ def up(timeout: float = 180.0) -> None:
     binary = paths.binary(NAME)
     crds = [f"--filename={f}" for f in crd_files(source)]
     _kubectl("apply", "--server-side", "--field-manager=llmtrain-testbed", *crds)
-    _kubectl("wait", "--for=condition=Established", "--timeout=60s", *crds)
+    wait_established(crds, time.monotonic() + 60)
     _apply([{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}}])
     certs = pki.Pki(state / "pki")
     secret = _certificates(certs)
@@ -180,6 +180,18 @@ def up(timeout: float = 180.0) -> None:
     template.write_text(init_container_template())
     _ensure_manager(state, manager_argv(binary, config, template), time.monotonic() + timeout)
     log.info("training-operator %s installed (schemes: %s)", VERSION, ", ".join(SCHEMES))
+
+
+def wait_established(crds: list[str], deadline: float) -> None:
+    """`kubectl wait` errors out (not waits) while a fresh CRD has no status.conditions yet: retry it."""
+    while True:
+        try:
+            _kubectl("wait", "--for=condition=Established", "--timeout=30s", *crds)
+            return
+        except subprocess.CalledProcessError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
 
 
 def _ensure_manager(state: Path, argv: list[str], deadline: float) -> None:

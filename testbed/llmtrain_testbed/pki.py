@@ -13,7 +13,7 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 # Bump when the set of files or their contents change, so an old PKI is replaced rather than half-reused.
@@ -120,12 +120,13 @@ def ensure_client_cert(pki: Pki, name: str, user: str, group: str | None = None)
 def ensure_sub_ca(pki: Pki, name: str, dns: tuple[str, ...] = ()) -> tuple[Path, Path]:
     """A CA signed by the test bed's CA, for an add-on that insists on holding its CA's key (a webhook certificate
     rotator checks CA and key in its Secret): the test bed's own CA key never leaves the state dir. `dns` become
-    SANs of the CA certificate itself (the rotator verifies its CA against a fixed name)."""
+    SANs of the CA certificate itself (the rotator verifies its CA against a fixed name). The key is RSA in PKCS#1
+    PEM, the one form that rotator parses."""
     crt, key_path = pki.crt(name), pki.key(name)
     if crt.exists() and key_path.exists():
         return crt, key_path
     ca_key, ca_cert = _load_issuer(pki, "ca")
-    key = _new_key()
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
     builder = x509.CertificateBuilder().subject_name(subject).issuer_name(ca_cert.subject)
     builder = _validity(builder.public_key(key.public_key()).serial_number(x509.random_serial_number()), days=825)
@@ -134,12 +135,13 @@ def ensure_sub_ca(pki: Pki, name: str, dns: tuple[str, ...] = ()) -> tuple[Path,
     builder = builder.add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
     if dns:
         builder = builder.add_extension(x509.SubjectAlternativeName([x509.DNSName(d) for d in dns]), critical=False)
-    _write(key_path, _key_pem(key))
+    pkcs1 = serialization.PrivateFormat.TraditionalOpenSSL
+    _write(key_path, key.private_bytes(serialization.Encoding.PEM, pkcs1, serialization.NoEncryption()))
     _write(crt, builder.sign(ca_key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM))
     return crt, key_path
 
 
-def _load_issuer(pki: Pki, issuer: str) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+def _load_issuer(pki: Pki, issuer: str) -> tuple[ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey, x509.Certificate]:
     key = serialization.load_pem_private_key(pki.key(issuer).read_bytes(), password=None)
     cert_path = pki.ca_crt if issuer == "ca" else pki.crt(issuer)
     return key, x509.load_pem_x509_certificate(cert_path.read_bytes())  # type: ignore[return-value]
@@ -203,7 +205,10 @@ def _ca_certificate(key: ec.EllipticCurvePrivateKey) -> x509.Certificate:
 
 
 def _leaf_certificate(
-    leaf: _Leaf, key: ec.EllipticCurvePrivateKey, ca_key: ec.EllipticCurvePrivateKey, ca_cert: x509.Certificate
+    leaf: _Leaf,
+    key: ec.EllipticCurvePrivateKey,
+    ca_key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey,
+    ca_cert: x509.Certificate,
 ) -> x509.Certificate:
     attributes = [x509.NameAttribute(NameOID.COMMON_NAME, leaf.common_name)]
     if leaf.organization:
