@@ -103,7 +103,9 @@ def up(
         return _up(state, nodes, gpus_per_node, timeout, audit)
 
 
-def _up(state: Path, nodes: int | None, gpus_per_node: int | None, timeout: float, audit: bool | None) -> Started:
+def _up(
+    state: Path, nodes: int | None, gpus_per_node: int | None, timeout: float, audit: bool | None = None
+) -> Started:
     nodes = nodes if nodes is not None else _running_kubelet_flag(state, "nodes", DEFAULT_NODES)
     gpus_per_node = gpus_per_node if gpus_per_node is not None else _running_kubelet_flag(state, "gpus-per-node", 8)
     audit = audit if audit is not None else _running_audit(state)
