@@ -88,7 +88,7 @@ test: lint test-unit test-tools test-integration test-e2e ## Everything CI runs
 
 # ---------------------------------------------------------------- benchmarks (JSON out; docs/benchmarks.md)
 BENCH_OUT ?= out/bench
-.PHONY: bench-trainer bench-operator
+.PHONY: bench-trainer bench-operator peers bench-peers
 bench-trainer: venv ## Trainer tokens/s on CPU: DDP vs FSDP ZeRO-2/3, tiny preset, 2 processes
 	@mkdir -p $(BENCH_OUT)
 	@for p in ddp zero2 zero3; do \
@@ -97,6 +97,13 @@ bench-trainer: venv ## Trainer tokens/s on CPU: DDP vs FSDP ZeRO-2/3, tiny prese
 bench-operator: $(CLUSTER) ## Operator: time to all pods for a 64-node job and 100 jobs x 4 nodes, writes, RSS
 	@mkdir -p $(BENCH_OUT)
 	@$(PY) bench/operator_scale.py --out $(BENCH_OUT)/operator-scale.json
+
+# Not part of cluster-bins (nor of `make test`'s cold build): the peer operator is built only when asked for.
+peers: ## Build Kubeflow's training-operator v1.8.1 (the peer bench-peers compares with) into the binaries cache
+	@bash hack/build-peers.sh
+bench-peers: venv cluster-bins system-deps peers ## llmtrain vs training-operator on the test bed: 64-node job, SIGKILL fault
+	@mkdir -p $(BENCH_OUT)
+	@$(PY) bench/peers/compare.py --out $(BENCH_OUT)/peers.json
 
 # ---------------------------------------------------------------- the main job
 .PHONY: demo

@@ -5,6 +5,7 @@
 #   etcd                                                               <- go.etcd.io/etcd/server/v3 (wrapper module)
 #   helm, kubeconform                                                  <- go install
 #   kueue (manager) + its CRDs and webhook manifests                   <- sigs.k8s.io/kueue (wrapper module)
+# Kubeflow's training-operator (bench/peers only) is built on demand by its sibling, hack/build-peers.sh (`make peers`).
 set -euo pipefail
 
 K8S_VERSION="${K8S_VERSION:-v1.37.2}"

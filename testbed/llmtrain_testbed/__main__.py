@@ -19,6 +19,11 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--nodes", type=int, help="fake nodes the kubelet registers (default: as running, else 2)")
     up.add_argument("--gpus-per-node", type=int, help="nvidia.com/gpu capacity per node (default: as running, else 8)")
     up.add_argument("--timeout", type=float, default=90.0, help="seconds to wait for readiness (default 90)")
+    up.add_argument(
+        "--audit",
+        action=argparse.BooleanOptionalAction,
+        help="the API server's audit log of write requests, logs/audit.log (default: as running, else off)",
+    )
     sub.add_parser("down", help="stop every test bed process and remove the pod network")
     sub.add_parser("status", help="component health and nodes")
     args = parser.parse_args(argv)
@@ -27,7 +32,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "up":
             began = time.monotonic()
-            result = cluster.up(nodes=args.nodes, gpus_per_node=args.gpus_per_node, timeout=args.timeout)
+            result = cluster.up(
+                nodes=args.nodes, gpus_per_node=args.gpus_per_node, timeout=args.timeout, audit=args.audit
+            )
             took = time.monotonic() - began
             verb = "already running" if result.already_running else f"up in {took:.1f}s"
             print(f"test bed {verb} (state: {result.state_dir})", file=sys.stderr)

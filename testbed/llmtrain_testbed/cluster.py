@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 
+from . import audit as audit_log
 from . import components, kubeconfig, paths, pki, probes, processes
 from .components import Component
 
@@ -27,7 +28,15 @@ log = logging.getLogger("testbed")
 
 CONTROL_PLANE = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler")
 # Stop order: the kubelet first, so it can stop its pods while the rest still runs.
-STOP_ORDER = ("kueue", "kubelet", "kube-scheduler", "kube-controller-manager", "kube-apiserver", "etcd")
+STOP_ORDER = (
+    "kueue",
+    "training-operator",
+    "kubelet",
+    "kube-scheduler",
+    "kube-controller-manager",
+    "kube-apiserver",
+    "etcd",
+)
 DEFAULT_NODES = 2
 KUBELET_GRACE_S = 45.0  # the kubelet stops its pods on SIGTERM, honouring their grace periods
 
@@ -81,26 +90,35 @@ def admin_kubeconfig(state: Path | None = None) -> Path:
     return (state or paths.state_dir()) / "kubeconfig"
 
 
-def up(nodes: int | None = None, gpus_per_node: int | None = None, timeout: float = 90.0) -> Started:
+def up(
+    nodes: int | None = None, gpus_per_node: int | None = None, timeout: float = 90.0, audit: bool | None = None
+) -> Started:
     """Start whatever is not already running (same command line), wait for /readyz and `nodes` Ready nodes.
 
     `nodes` / `gpus_per_node` left as None keep what a running kubelet was started with (else 2 / 8), so a test
-    session joining a cluster brought up with `--nodes 4` does not reshape it.
+    session joining a cluster brought up with `--nodes 4` does not reshape it; `audit` (the API server's audit log of
+    writes, audit.py) likewise keeps what a running API server has (else off).
     """
     state = paths.state_dir()
     state.mkdir(parents=True, exist_ok=True)
     with _exclusive(state):
-        return _up(state, nodes, gpus_per_node, timeout)
+        return _up(state, nodes, gpus_per_node, timeout, audit)
 
 
-def _up(state: Path, nodes: int | None, gpus_per_node: int | None, timeout: float) -> Started:
+def _up(
+    state: Path, nodes: int | None, gpus_per_node: int | None, timeout: float, audit: bool | None = None
+) -> Started:
     nodes = nodes if nodes is not None else _running_kubelet_flag(state, "nodes", DEFAULT_NODES)
     gpus_per_node = gpus_per_node if gpus_per_node is not None else _running_kubelet_flag(state, "gpus-per-node", 8)
+    audit = audit if audit is not None else _running_audit(state)
+    if audit:
+        (state / "logs").mkdir(parents=True, exist_ok=True)
+        audit_log.write_policy(state)
     certs = pki.ensure(state / "pki")
     admin = kubeconfig.write(admin_kubeconfig(state), certs, "admin", "admin")
     cm_config = kubeconfig.write(state / "controller-manager.kubeconfig", certs, "controller-manager", "cm")
     sched_config = kubeconfig.write(state / "scheduler.kubeconfig", certs, "scheduler", "scheduler")
-    storage_and_api = [components.etcd(state), components.apiserver(state, certs)]
+    storage_and_api = [components.etcd(state), components.apiserver(state, certs, audit=audit)]
     # Started once /readyz passes: before the apiserver has bootstrapped RBAC, the controller-manager is
     # forbidden to read its authentication config and exits.
     controllers = [
@@ -236,6 +254,11 @@ def _running_kubelet_flag(state: Path, flag: str, default: int) -> int:
             if arg.startswith(f"--{flag}="):
                 return int(arg.split("=", 1)[1])
     return default
+
+
+def _running_audit(state: Path) -> bool:
+    tracked = processes.read(state, "kube-apiserver")
+    return tracked is not None and tracked.alive() and any(a.startswith("--audit-log-path=") for a in tracked.argv)
 
 
 def _has_module(name: str) -> bool:

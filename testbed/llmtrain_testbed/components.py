@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import audit as audit_log
 from . import paths
 from .pki import Pki
 
@@ -50,7 +51,8 @@ def etcd(state: Path) -> Component:
     return Component("etcd", argv, (("127.0.0.1", ETCD_CLIENT_PORT), ("127.0.0.1", ETCD_PEER_PORT)))
 
 
-def apiserver(state: Path, pki: Pki) -> Component:
+def apiserver(state: Path, pki: Pki, audit: bool = False) -> Component:
+    """`audit` adds the audit log (audit.py): write requests only, for benchmarks that count a client's writes."""
     argv = [
         str(paths.binary("kube-apiserver")),
         f"--etcd-servers=http://127.0.0.1:{ETCD_CLIENT_PORT}",
@@ -78,6 +80,7 @@ def apiserver(state: Path, pki: Pki) -> Component:
         "--profiling=false",
         FEATURE_GATES,
         RUNTIME_CONFIG,
+        *(audit_log.apiserver_flags(state) if audit else []),
     ]
     return Component("kube-apiserver", argv, (("0.0.0.0", APISERVER_PORT),))
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 # Bump when the set of files or their contents change, so an old PKI is replaced rather than half-reused.
@@ -103,17 +103,58 @@ def ensure(directory: Path) -> Pki:
     return pki
 
 
-def ensure_server_cert(pki: Pki, name: str, ips: tuple[str, ...], dns: tuple[str, ...] = ()) -> tuple[Path, Path]:
-    """A serving certificate signed by the test bed's CA for an add-on (e.g. a webhook), made once and kept."""
+def ensure_server_cert(
+    pki: Pki, name: str, ips: tuple[str, ...], dns: tuple[str, ...] = (), issuer: str = "ca"
+) -> tuple[Path, Path]:
+    """A serving certificate for an add-on (e.g. a webhook), made once and kept; signed by the test bed's CA, or by
+    the sub-CA `issuer` (see ensure_sub_ca)."""
+    return _ensure_leaf(pki, _Leaf(name, name, server=True, ips=ips, dns=dns), issuer)
+
+
+def ensure_client_cert(pki: Pki, name: str, user: str, group: str | None = None) -> tuple[Path, Path]:
+    """A client certificate for one more API user (CN `user`, O `group`), so the API server's audit log can tell
+    that client's requests apart (benchmarks count an operator's writes by user)."""
+    return _ensure_leaf(pki, _Leaf(name, user, group), "ca")
+
+
+def ensure_sub_ca(pki: Pki, name: str, dns: tuple[str, ...] = ()) -> tuple[Path, Path]:
+    """A CA signed by the test bed's CA, for an add-on that insists on holding its CA's key (a webhook certificate
+    rotator checks CA and key in its Secret): the test bed's own CA key never leaves the state dir. `dns` become
+    SANs of the CA certificate itself (the rotator verifies its CA against a fixed name). The key is RSA in PKCS#1
+    PEM, the one form that rotator parses."""
     crt, key_path = pki.crt(name), pki.key(name)
     if crt.exists() and key_path.exists():
         return crt, key_path
-    ca_key = serialization.load_pem_private_key(pki.key("ca").read_bytes(), password=None)
-    ca_cert = x509.load_pem_x509_certificate(pki.ca_crt.read_bytes())
+    ca_key, ca_cert = _load_issuer(pki, "ca")
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    builder = x509.CertificateBuilder().subject_name(subject).issuer_name(ca_cert.subject)
+    builder = _validity(builder.public_key(key.public_key()).serial_number(x509.random_serial_number()), days=825)
+    builder = builder.add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+    builder = builder.add_extension(_key_usage(ca=True), critical=True)
+    builder = builder.add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+    if dns:
+        builder = builder.add_extension(x509.SubjectAlternativeName([x509.DNSName(d) for d in dns]), critical=False)
+    pkcs1 = serialization.PrivateFormat.TraditionalOpenSSL
+    _write(key_path, key.private_bytes(serialization.Encoding.PEM, pkcs1, serialization.NoEncryption()))
+    _write(crt, builder.sign(ca_key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM))
+    return crt, key_path
+
+
+def _load_issuer(pki: Pki, issuer: str) -> tuple[ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey, x509.Certificate]:
+    key = serialization.load_pem_private_key(pki.key(issuer).read_bytes(), password=None)
+    cert_path = pki.ca_crt if issuer == "ca" else pki.crt(issuer)
+    return key, x509.load_pem_x509_certificate(cert_path.read_bytes())  # type: ignore[return-value]
+
+
+def _ensure_leaf(pki: Pki, leaf: _Leaf, issuer: str) -> tuple[Path, Path]:
+    crt, key_path = pki.crt(leaf.name), pki.key(leaf.name)
+    if crt.exists() and key_path.exists():
+        return crt, key_path
+    ca_key, ca_cert = _load_issuer(pki, issuer)
     key = _new_key()
-    leaf = _Leaf(name, name, server=True, ips=ips, dns=dns)
     _write(key_path, _key_pem(key))
-    _write(crt, _leaf_certificate(leaf, key, ca_key, ca_cert).public_bytes(serialization.Encoding.PEM))  # type: ignore[arg-type]
+    _write(crt, _leaf_certificate(leaf, key, ca_key, ca_cert).public_bytes(serialization.Encoding.PEM))
     return crt, key_path
 
 
@@ -164,7 +205,10 @@ def _ca_certificate(key: ec.EllipticCurvePrivateKey) -> x509.Certificate:
 
 
 def _leaf_certificate(
-    leaf: _Leaf, key: ec.EllipticCurvePrivateKey, ca_key: ec.EllipticCurvePrivateKey, ca_cert: x509.Certificate
+    leaf: _Leaf,
+    key: ec.EllipticCurvePrivateKey,
+    ca_key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey,
+    ca_cert: x509.Certificate,
 ) -> x509.Certificate:
     attributes = [x509.NameAttribute(NameOID.COMMON_NAME, leaf.common_name)]
     if leaf.organization:
