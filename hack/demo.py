@@ -72,6 +72,8 @@ def install_operator() -> None:
         "--set",
         "resyncSeconds=2",  # progress in status every 2 s: the demo job is short
         "--set",
+        "statusIntervalSeconds=2",
+        "--set",
         f"watchNamespaces={{{NAMESPACE}}}",
         quiet=True,
     )

@@ -35,7 +35,7 @@ from typing import Any, Protocol
 from llmtrain_contract.metrics import DEFAULT_METRICS_PORT
 
 from . import metrics
-from .api import TERMINAL_PHASES, Progress
+from .api import TERMINAL_PHASES, Progress, RunPolicy
 from .constants import GROUP, KIND, VERSION, config_map_name, service_name
 from .expectations import Expectations
 from .gang import POD_GROUP_API_VERSION
@@ -56,6 +56,7 @@ from .reconcile import (
 from .reconcile import (
     MetricsUnreachable as Unreadable,
 )
+from .status_writes import routine_only, routine_write_wait, status_interval
 from .timestamps import rfc3339
 
 log = logging.getLogger("llmtrain_operator")
@@ -121,6 +122,7 @@ class JobSlot:
     metrics_unreachable: Unreadable | None = None  # why reads of the job's metrics fail, and since when
     scrape_failures: int = 0  # unreachable reads in a row
     next_scrape_at: float = 0.0  # loop time before which the job's metrics are not read (back-off)
+    status_written_at: float | None = None  # monotonic time of the last status write (routine writes wait)
 
 
 @dataclass
@@ -129,6 +131,7 @@ class Controller:
 
     settings: OperatorSettings
     resync_seconds: float = 10.0
+    status_interval_seconds: float = 60.0  # routine status changes (counts, progress) are written this seldom
     client: KubeApi | None = None  # set at login
     pods_index: PodIndex | None = None  # set by the first handler call
     nodes_index: NodeIndex | None = None  # GPU nodes; set by the first handler call
@@ -315,12 +318,13 @@ class Controller:
     ) -> bool:
         """Write the decision in its safe order; False when the status write lost a race (nothing else written)."""
         assert self.client is not None
-        patch = decision.status_patch
+        patch = self._status_patch_now(job, slot, decision)
         if patch:
             resource_version = body.get("metadata", {}).get("resourceVersion")
             if await self.client.patch_job_status(job.namespace, job.name, patch, resource_version) is None:
                 log.info("job %s/%s: status changed under us; reconciling again", job.namespace, job.name)
                 return False
+            slot.status_written_at = time.monotonic()
         self._record_transition(job, slot, decision)
         await self._delete_children(job, slot, decision, now)
         for manifest in decision.updates:  # before the pods that mount it are created
@@ -338,6 +342,23 @@ class Controller:
             log.info("job %s/%s: ttlSecondsAfterFinished expired; deleting the job", job.namespace, job.name)
             await self.client.delete(KIND, job.namespace, job.name)
         return True
+
+    def _status_patch_now(self, job: JobView, slot: JobSlot, decision: Decision) -> dict[str, Any] | None:
+        """The status patch to write now: None when it is only routine (status_writes.py), nothing else is being
+        written, and the job's last status write is recent; the reconcile is then requeued for when it is due."""
+        patch = decision.status_patch
+        if not patch or decision.creates or decision.deletes or decision.force_deletes or decision.updates:
+            return patch
+        if not routine_only(decision.old_status, decision.status):
+            return patch
+        raw = (job.spec.get("runPolicy") or {}).get("stallTimeoutSeconds")
+        stall = float(raw) if isinstance(raw, int | float) else float(RunPolicy().stall_timeout_seconds)
+        interval = status_interval(self.status_interval_seconds, stall)
+        wait = routine_write_wait(slot.status_written_at, time.monotonic(), interval)
+        if wait <= 0:
+            return patch
+        decision.requeue(wait)
+        return None
 
     def _record_transition(self, job: JobView, slot: JobSlot, decision: Decision) -> None:
         old_phase, new_phase = job.status.get("phase"), decision.phase

@@ -65,6 +65,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="how often every job is re-reconciled and its progress read",
     )
     p.add_argument(
+        "--status-interval-seconds",
+        type=float,
+        default=float(os.environ.get("LLMTRAIN_STATUS_INTERVAL_SECONDS", "60")),
+        help="routine status changes of a job (pod counts, training progress) are written at most this often; "
+        "transitions are written at once (env LLMTRAIN_STATUS_INTERVAL_SECONDS)",
+    )
+    p.add_argument(
         "--leader-elect",
         action="store_true",
         default=os.environ.get("LLMTRAIN_LEADER_ELECT", "").lower() in ("1", "true"),
@@ -86,6 +93,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.namespaces = args.namespaces or env_ns
     if args.resync_seconds <= 0:
         p.error("--resync-seconds must be positive")
+    if args.status_interval_seconds < 0:
+        p.error("--status-interval-seconds must not be negative")
     if args.leader_elect and not args.leader_election_namespace:
         p.error("--leader-elect needs --leader-election-namespace (or env POD_NAMESPACE)")
     return args
@@ -114,7 +123,12 @@ def main(argv: list[str] | None = None) -> int:
         identity = f"{socket.gethostname()}_{uuid.uuid4().hex[:8]}"
         elector = LeaderElector(args.leader_election_namespace, args.leader_election_name, identity)
         log.info("leader election on lease %s/%s as %s", elector.namespace, elector.name, identity)
-    controller = Controller(settings=settings, resync_seconds=args.resync_seconds, elector=elector)
+    controller = Controller(
+        settings=settings,
+        resync_seconds=args.resync_seconds,
+        status_interval_seconds=args.status_interval_seconds,
+        elector=elector,
+    )
     registry = kopf.OperatorRegistry()
     register(registry, controller)
     scope = f"namespaces {','.join(args.namespaces)}" if args.namespaces else "cluster-wide"

@@ -46,6 +46,8 @@ def operator(cluster: Cluster) -> Iterator[str]:
         "image.tag=e2e",
         "--set",
         "resyncSeconds=2",
+        "--set",
+        "statusIntervalSeconds=2",
         "--wait",
         "--timeout",
         "4m",

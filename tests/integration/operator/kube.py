@@ -135,6 +135,7 @@ class OperatorProcess:
             "POD_NAMESPACE": self.namespace,  # where a --leader-elect operator keeps its Lease
         }
         argv = [sys.executable, "-m", "llmtrain_operator", "--namespace", self.namespace, "--resync-seconds", "2"]
+        argv += ["--status-interval-seconds", "2"]
         argv += ["--metrics-port", str(self.metrics_port), "--health-port", str(_free_port()), *self.extra_args]
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env)

@@ -151,6 +151,7 @@ def test_operator_authenticated_as_the_namespaced_service_account_reconciles_a_j
         "--metrics-port=0",
         "--health-port=0",
         "--resync-seconds=2",
+        "--status-interval-seconds=2",
     ]
     with log_path.open("w") as log:
         operator = subprocess.Popen(

@@ -37,6 +37,8 @@ def release(cluster: Any, llmtrain_crd: str) -> Iterator[tuple[str, str]]:
             f"watchNamespaces={{{namespace}}}",
             "--set",
             "resyncSeconds=2",
+            "--set",
+            "statusIntervalSeconds=2",
             "--wait",
             "--timeout",
             f"{INSTALL_TIMEOUT_S}s",

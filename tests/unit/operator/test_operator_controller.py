@@ -6,6 +6,7 @@ import asyncio
 import copy
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
@@ -122,7 +123,9 @@ class FakeKube:
 
 
 def make_controller(kube: FakeKube, pods: list[PodView] | None = None, **fields: Any) -> Controller:
+    """A controller on the fake API; every status change is written at once unless a test sets the interval."""
     kube_api: KubeApi = kube  # the fake implements the controller's whole client interface
+    fields = {"status_interval_seconds": 0.0, **fields}
     return Controller(settings=SETTINGS, client=kube_api, pods_index={KEY: pods or []}, clock=lambda: NOW, **fields)
 
 
@@ -190,6 +193,33 @@ def test_a_new_job_gets_its_status_then_its_children_then_its_events():
     run(scenario)
     assert kube.job()["status"]["active"] == 2  # counted once they exist
     assert [event["reason"] for event in kube.events] == ["Created"]
+
+
+def test_routine_status_changes_wait_for_the_status_interval_and_transitions_do_not():
+    kube = FakeKube()
+    kube.add_job()
+    pending = [PodView(name=f"demo-node-{r}", rank=r, attempt=0, phase="Pending", owner_uid=UID) for r in (0, 1)]
+    waiting = "0/2 nodes are available: 2 Insufficient nvidia.com/gpu."
+    one_waits = [replace(pending[0], unschedulable=waiting), pending[1]]
+    both_wait = [replace(pod, unschedulable=waiting) for pod in pending]
+
+    async def scenario() -> None:
+        controller = make_controller(kube, status_interval_seconds=60.0)
+        await controller.trigger(KEY)  # Pending: a transition, written with the children
+        controller.pods_index = {KEY: one_waits}
+        await controller.trigger(KEY)  # Queued: a transition (and the pods counted)
+        queued = next(c for c in kube.job()["status"]["conditions"] if c["type"] == "Queued")
+        controller.pods_index = {KEY: both_wait}
+        await controller.trigger(KEY)  # only Queued's wording changes ("2 of 2 waiting"): it waits
+        assert next(c for c in kube.job()["status"]["conditions"] if c["type"] == "Queued") == queued
+        assert 59 < controller.slots[KEY].requeue_at - asyncio.get_running_loop().time() <= 60
+        controller.pods_index = {KEY: [replace(pod, phase="Running", ready=True) for pod in pending]}
+        await controller.trigger(KEY)  # Running: a transition, written at once
+
+    run(scenario)
+    status = kube.job()["status"]
+    assert status["phase"] == "Running" and status["active"] == status["ready"] == 2
+    assert [w for w in kube.writes if w[0] == "status"] == [("status", "LLMTrainingJob", "demo")] * 3
 
 
 def test_a_status_write_that_loses_a_race_drops_the_decision_and_decides_again():
