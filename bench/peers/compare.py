@@ -338,6 +338,20 @@ def _start_llmtrain_operator(state: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
 
+def refuse_beside_an_installed_operator(admin: Path) -> None:
+    """Ours runs cluster-wide here: an llmtrain operator installed with the chart (any namespace, e.g. an e2e
+    release left behind) would reconcile the same jobs, so the counts would be meaningless. `make demo`'s operator
+    watches only its own namespace and does no harm, but it is refused too: the check cannot tell."""
+    kubectl = [paths.kubectl_binary(), f"--kubeconfig={admin}", "get", "pods", "--all-namespaces"]
+    selector = "--selector=app.kubernetes.io/name=llmtrain-operator"
+    found = subprocess.run([*kubectl, selector, "-o", "name"], capture_output=True, text=True, timeout=60, check=True)
+    if found.stdout.strip():
+        raise SystemExit(
+            f"an llmtrain operator is installed on this cluster ({found.stdout.split()[0]}, ...): it would act on the "
+            "bench's jobs too; `helm list -A` and uninstall it, or run `make cluster-down` first"
+        )
+
+
 def _apply_llmtrain_crd(admin: Path) -> None:
     kubectl = [paths.kubectl_binary(), f"--kubeconfig={admin}"]
     crd = REPO / "crds" / "llmtrain.dev_llmtrainingjobs.yaml"
@@ -357,6 +371,7 @@ def _report(scenario: str, label: str, result: dict[str, Any]) -> dict[str, Any]
 
 def run(big_nodes: int, fault_nodes: int, steps: int, kill_at_step: int, repeats: int) -> dict[str, Any]:
     started = cluster.up(audit=True)  # restarts a running API server that has no audit log
+    refuse_beside_an_installed_operator(started.kubeconfig)
     peers.up()
     _apply_llmtrain_crd(started.kubeconfig)
     operator = _start_llmtrain_operator(started.state_dir)
