@@ -108,12 +108,19 @@ class Attention(nn.Module):
         v = self.wv(x).view(bsz, seq, -1, self.head_dim)
         q, k = apply_rope(q, self.rope), apply_rope(k, self.rope)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))
-        n_rep = q.shape[1] // k.shape[1]
-        if n_rep > 1:  # grouped-query attention: each kv head serves n_rep query heads
-            k = k.repeat_interleave(n_rep, dim=1)
-            v = v.repeat_interleave(n_rep, dim=1)
-        out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        out = attend(q, k, v)
         return self.wo(out.transpose(1, 2).reshape(bsz, seq, -1))
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Causal attention of (batch, heads, seq, head_dim) q over k and v, which may have fewer (kv) heads.
+
+    Grouped-query attention goes to SDPA as is (`enable_gqa`): the CPU and CUDA flash kernels (and CUDA's
+    efficient one) read each kv head for its group of query heads, so no repeated K/V copies are made or saved for
+    backward; SDPA falls back to its math kernel by itself where a backend cannot. Under tensor parallelism q, k
+    and v are this rank's local heads (plain tensors), so the same call serves every layout.
+    """
+    return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=q.shape[1] != k.shape[1])
 
 
 class FeedForward(nn.Module):
