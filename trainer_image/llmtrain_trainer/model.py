@@ -17,6 +17,7 @@ from llmtrain_contract.rules import shape_problems
 from torch import nn
 
 from .config import ModelConfig
+from .loss import chunk_tokens_for, chunked_cross_entropy, cross_entropy
 
 # The shape is the contract's (the operator checks it too); the model only builds it.
 ModelArgs = ModelShape
@@ -158,13 +159,29 @@ class Transformer(nn.Module):
         self.output = nn.Linear(args.dim, args.vocab_size, bias=False)
         if args.tie_embeddings:
             self.output.weight = self.tok_embeddings.weight
+        # tokens per slice of the loss's logits (loss.py); 0: all at once, for activations that cannot be cut into
+        # token slices (tensor parallelism's sequence shards: parallelize sets it)
+        self.loss_chunk_tokens = chunk_tokens_for(args.vocab_size)
         self.init_buffers(None)
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
+        """The logits of every position, or with `targets` the mean next-token cross-entropy (fp32).
+
+        The loss is computed here, not by the caller on returned logits, so that the full fp32 logits never exist
+        (loss.py) and so that FSDP's hooks on this module gather the output projection for it.
+        """
         h = self.tok_embeddings(tokens)
         for block in self.layers.values():
             h = block(h)
-        return self.output(self.norm(h))
+        if targets is None:
+            return self.logits(h)
+        if self.loss_chunk_tokens <= 0:
+            return cross_entropy(self.logits(h), targets)
+        return chunked_cross_entropy(h, targets, self.logits, self.loss_chunk_tokens)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Final norm and output projection of the last block's hidden states."""
+        return self.output(self.norm(hidden))
 
     def init_buffers(self, device: torch.device | None) -> None:
         """(Re)compute the fp32 RoPE table, e.g. after `to_empty` left it uninitialised; one tensor for all blocks.

@@ -129,6 +129,9 @@ def apply_tp(model: Transformer, tp_mesh: DeviceMesh, *, loss_parallel: bool) ->
         )
     if model.args.tie_embeddings:  # parallelize_module made two parameters out of one; both are Shard(0)
         model.output.weight = model.tok_embeddings.weight
+    # the hidden states are sequence shards here: the loss cannot slice them by tokens; loss_parallel keeps its
+    # logits vocabulary-sharded instead (1/tp of them per rank)
+    model.loss_chunk_tokens = 0
 
 
 def _selective_policy(ctx, op, *args, **kwargs):
