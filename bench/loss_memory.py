@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Peak host memory and time of the training loss (final norm -> output projection -> fp32 cross-entropy, forward
-and backward) on CPU: the plain loss on full logits against loss.py's chunked one; one JSON.
+and backward) on CPU: the plain loss on full logits against loss.py's fused, chunked one; one JSON.
 
 Each variant runs in its own fresh process, so `ru_maxrss` (the process' peak resident set) belongs to it alone;
 the report gives how far one forward + backward raises it above what the inputs (hidden states, norm and
@@ -26,24 +26,25 @@ VARIANTS = ("plain", "chunked")
 
 
 def loss_fn(variant: str, chunk_tokens: int):
-    """The loss of (hidden, targets, head) for a variant: the old trainer path or loss.py's chunked one."""
-    from llmtrain_trainer.loss import chunked_cross_entropy, cross_entropy
+    """The loss of (hidden, targets, norm, output) for a variant: the old trainer path or loss.py's fused one."""
+    from llmtrain_trainer.loss import cross_entropy, linear_cross_entropy
 
     if variant == "plain":
-        return lambda hidden, targets, head: cross_entropy(head(hidden), targets)
-    return lambda hidden, targets, head: chunked_cross_entropy(hidden, targets, head, chunk_tokens)
+        return lambda hidden, targets, norm, output: cross_entropy(output(norm(hidden)), targets)
+    return lambda hidden, targets, norm, output: linear_cross_entropy(
+        norm(hidden), output.weight, targets, chunk_tokens
+    )
 
 
 def inputs(a: argparse.Namespace):
-    """Hidden states (requiring grad, as the last block's output does), targets and the norm + projection head."""
+    """Hidden states (requiring grad, as the last block's output does), targets, the final norm and projection."""
     import torch
     from llmtrain_trainer.model import RMSNorm
 
     torch.manual_seed(0)
     hidden = torch.randn(a.batch, a.seq, a.dim, requires_grad=True)
     targets = torch.randint(0, a.vocab, (a.batch, a.seq))
-    norm, output = RMSNorm(a.dim, 1e-5), torch.nn.Linear(a.dim, a.vocab, bias=False)
-    return hidden, targets, lambda h: output(norm(h))
+    return hidden, targets, RMSNorm(a.dim, 1e-5), torch.nn.Linear(a.dim, a.vocab, bias=False)
 
 
 def measure_variant(a: argparse.Namespace) -> dict:
@@ -51,16 +52,16 @@ def measure_variant(a: argparse.Namespace) -> dict:
     import torch
 
     torch.set_num_threads(a.threads)
-    hidden, targets, head = inputs(a)
+    hidden, targets, norm, output = inputs(a)
     loss = loss_fn(a.variant, a.chunk_tokens)
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    loss(hidden, targets, head).backward()
+    loss(hidden, targets, norm, output).backward()
     rss_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - rss_before
     times = []
     for _ in range(a.repeats):
         hidden.grad = None
         started = time.perf_counter()
-        loss(hidden, targets, head).backward()
+        loss(hidden, targets, norm, output).backward()
         times.append(time.perf_counter() - started)
     return {"rss_peak_MiB": round(rss_peak / 2**20, 1), "fwd_bwd_s": round(statistics.median(times), 4)}
 

@@ -3,19 +3,19 @@
 The plain loss, `cross_entropy(logits.float())`, keeps the logits, their fp32 copy, the fp32 log-softmax and, in
 backward, two more fp32 tensors of the same (tokens x vocabulary) size: for llama-1b's batch (8 x 2048 tokens,
 32 000 words) that is about 8 GiB, more than the model's weights, gradients and AdamW states together.
-`chunked_cross_entropy` runs final norm -> output projection -> fp32 cross-entropy on a slice of tokens at a
-time, each slice under activation checkpointing: forward keeps only the slices' inputs (a view of the hidden
-states, which exist anyway) and backward recomputes one slice's logits at a time. The cost is one more forward
-matmul of the output projection (a third of its FLOPs, about 2% of a llama-1b step).
+
+`linear_cross_entropy` fuses the output projection with the loss and walks the tokens a chunk at a time: for
+each chunk it computes the logits, the loss and at once the gradient of the loss with respect to the logits,
+turns that into the chunk's share of the hidden states' and projection weight's gradients, and drops the
+chunk's logits. Forward keeps those two gradients (hidden-sized and weight-sized, both far smaller than the
+logits) and backward only scales them by the incoming gradient. The FLOPs are the plain loss's (one forward and
+two backward matmuls per chunk): unlike checkpointing each chunk, nothing is recomputed.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
 
 IGNORE_INDEX = -100  # F.cross_entropy's default: targets with this value count for nothing
 LOGITS_PER_CHUNK = 1 << 26  # 64 Mi logits: 256 MiB in fp32 per chunk whatever the vocabulary
@@ -23,7 +23,7 @@ MIN_CHUNK_TOKENS = 128  # below this the output matmul gets too thin to run well
 
 
 def chunk_tokens_for(vocab_size: int) -> int:
-    """Tokens per chunk: as many as fit LOGITS_PER_CHUNK logits (2048 for a 32k vocabulary, 512 for 128k)."""
+    """Tokens per chunk: as many as fit LOGITS_PER_CHUNK logits (2097 for a 32k vocabulary, 523 for 128k)."""
     return max(MIN_CHUNK_TOKENS, LOGITS_PER_CHUNK // vocab_size)
 
 
@@ -33,37 +33,56 @@ def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.float().flatten(0, -2), targets.flatten(), ignore_index=IGNORE_INDEX)
 
 
-def chunked_cross_entropy(
-    hidden: torch.Tensor,
-    targets: torch.Tensor,
-    head: Callable[[torch.Tensor], torch.Tensor],
-    chunk_tokens: int,
+def linear_cross_entropy(
+    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk_tokens: int
 ) -> torch.Tensor:
-    """Mean cross-entropy of `head(hidden)` (the logits) against targets, `chunk_tokens` tokens at a time.
-
-    Equal to `cross_entropy(head(hidden), targets)`; `head` maps (tokens, dim) hidden states to (tokens, vocab)
-    logits and is re-run in backward, so it must be deterministic (norm and projection are).
-    """
-    flat_hidden, flat_targets = hidden.flatten(0, -2), targets.flatten()
-    total = flat_hidden.new_zeros((), dtype=torch.float32)
-    for hidden_chunk, target_chunk in zip(
-        flat_hidden.split(chunk_tokens), flat_targets.split(chunk_tokens), strict=True
-    ):
-        total = total + _chunk_loss_sum(head, hidden_chunk, target_chunk)
-    return total / (flat_targets != IGNORE_INDEX).sum()
+    """Mean cross-entropy of the logits `hidden @ weight.T` (fp32 softmax) against targets, `chunk_tokens` tokens
+    at a time; equal to `cross_entropy(F.linear(hidden, weight), targets)`, under autocast too."""
+    return _LinearCrossEntropy.apply(hidden.flatten(0, -2), weight, targets.flatten(), chunk_tokens)
 
 
-def _chunk_loss_sum(
-    head: Callable[[torch.Tensor], torch.Tensor], hidden: torch.Tensor, targets: torch.Tensor
-) -> torch.Tensor:
-    """Summed loss of one chunk; checkpointed when it will be backpropagated (nothing to save otherwise)."""
-    if not torch.is_grad_enabled():
-        return _summed_loss(head, hidden, targets)
-    return checkpoint(_summed_loss, head, hidden, targets, use_reentrant=False, preserve_rng_state=False)
+class _LinearCrossEntropy(torch.autograd.Function):
+    """Loss in forward together with its gradients (see the module's docstring); backward scales them."""
+
+    @staticmethod
+    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk_tokens: int):
+        want_hidden, want_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        count = (targets != IGNORE_INDEX).sum()
+        grad_hidden = torch.empty_like(hidden) if want_hidden else None
+        grad_weight = torch.zeros_like(weight, dtype=torch.float32) if want_weight else None
+        total = hidden.new_zeros((), dtype=torch.float32)
+        for start in range(0, hidden.shape[0], chunk_tokens):
+            rows = slice(start, start + chunk_tokens)
+            logits = hidden[rows] @ weight.T  # the compute dtype: autocast's or the parameters'
+            loss, grad_logits = _loss_and_logit_gradient(logits, targets[rows])
+            total += loss
+            if want_hidden or want_weight:
+                grad_logits = (grad_logits / count).to(logits.dtype)
+                if want_hidden:
+                    grad_hidden[rows] = grad_logits @ weight
+                if want_weight:
+                    grad_weight += grad_logits.T @ hidden[rows]
+        ctx.save_for_backward(grad_hidden, grad_weight)
+        ctx.weight_dtype = weight.dtype
+        return total / count
+
+    @staticmethod
+    def backward(ctx, grad_loss: torch.Tensor):
+        grad_hidden, grad_weight = ctx.saved_tensors
+        hidden_part = None if grad_hidden is None else grad_hidden * grad_loss
+        weight_part = None if grad_weight is None else grad_weight.to(ctx.weight_dtype) * grad_loss
+        return hidden_part, weight_part, None, None
 
 
-def _summed_loss(
-    head: Callable[[torch.Tensor], torch.Tensor], hidden: torch.Tensor, targets: torch.Tensor
-) -> torch.Tensor:
-    logits = head(hidden).float()
-    return F.cross_entropy(logits, targets, ignore_index=IGNORE_INDEX, reduction="sum")
+def _loss_and_logit_gradient(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed fp32 cross-entropy of one chunk and its gradient with respect to the logits (softmax minus one-hot,
+    zero for ignored targets); the fp32 logits' buffer becomes the gradient, so a chunk holds one fp32 copy."""
+    logits = logits.float()
+    valid = targets != IGNORE_INDEX
+    safe_targets = targets.where(valid, 0).unsqueeze(1)
+    log_normaliser = logits.logsumexp(dim=1, keepdim=True)
+    target_logits = logits.gather(1, safe_targets)
+    loss = ((log_normaliser - target_logits).squeeze(1) * valid).sum()
+    grad = logits.sub_(log_normaliser).exp_()  # softmax, in place of the fp32 logits
+    grad.scatter_add_(1, safe_targets, -valid.unsqueeze(1).to(grad.dtype))
+    return loss, grad.mul_(valid.unsqueeze(1))

@@ -17,7 +17,7 @@ from llmtrain_contract.rules import shape_problems
 from torch import nn
 
 from .config import ModelConfig
-from .loss import chunk_tokens_for, chunked_cross_entropy, cross_entropy
+from .loss import chunk_tokens_for, cross_entropy, linear_cross_entropy
 
 # The shape is the contract's (the operator checks it too); the model only builds it.
 ModelArgs = ModelShape
@@ -168,7 +168,8 @@ class Transformer(nn.Module):
         """The logits of every position, or with `targets` the mean next-token cross-entropy (fp32).
 
         The loss is computed here, not by the caller on returned logits, so that the full fp32 logits never exist
-        (loss.py) and so that FSDP's hooks on this module gather the output projection for it.
+        (loss.py fuses the output projection with it) and so that FSDP's hooks on this module gather the output
+        projection for it.
         """
         h = self.tok_embeddings(tokens)
         for block in self.layers.values():
@@ -177,7 +178,7 @@ class Transformer(nn.Module):
             return self.logits(h)
         if self.loss_chunk_tokens <= 0:
             return cross_entropy(self.logits(h), targets)
-        return chunked_cross_entropy(h, targets, self.logits, self.loss_chunk_tokens)
+        return linear_cross_entropy(self.norm(h), self.output.weight, targets, self.loss_chunk_tokens)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Final norm and output projection of the last block's hidden states."""

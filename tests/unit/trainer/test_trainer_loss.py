@@ -1,13 +1,15 @@
-"""The chunked cross-entropy: the loss and gradients of the plain fp32 cross-entropy on the full logits, without
-ever holding those logits (one chunk's at a time), in one process and under FSDP, DDP and tensor parallelism."""
+"""The fused, chunked cross-entropy: the loss and gradients of the plain fp32 cross-entropy on the full logits,
+without ever holding those logits (one chunk's at a time) or recomputing them, in one process and under FSDP, DDP
+and tensor parallelism (which keeps the plain loss on vocabulary-sharded logits)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 from hf_runs import TINY_ARGS, run_scenario
-from llmtrain_trainer.loss import IGNORE_INDEX, chunk_tokens_for, chunked_cross_entropy, cross_entropy
+from llmtrain_trainer.loss import IGNORE_INDEX, chunk_tokens_for, cross_entropy, linear_cross_entropy
 from llmtrain_trainer.model import ModelArgs, Transformer
+from torch.utils._python_dispatch import TorchDispatchMode
 
 REL = 1e-5
 BATCH, SEQ = 3, 20  # 60 tokens: chunks of 16 leave a ragged last one
@@ -57,7 +59,7 @@ def test_ignored_targets_count_for_nothing_as_in_the_plain_loss():
     weight = torch.randn(32, 8, requires_grad=True)
     targets = torch.randint(0, 32, (2, 9))
     targets[0, :4] = IGNORE_INDEX
-    got = chunked_cross_entropy(hidden, targets, lambda h: h @ weight.T, chunk_tokens=5)
+    got = linear_cross_entropy(hidden, weight, targets, chunk_tokens=5)
     want = cross_entropy(hidden @ weight.T, targets)
     assert_close(got, want)
     (got_hidden, got_weight), (want_hidden, want_weight) = (
@@ -67,34 +69,43 @@ def test_ignored_targets_count_for_nothing_as_in_the_plain_loss():
     assert_close(got_weight, want_weight)
 
 
+def test_the_incoming_gradient_scales_both_gradients():
+    """The step divides the loss by its micro-batches and fp16 multiplies it by the loss scale."""
+    hidden, weight = torch.randn(12, 8, requires_grad=True), torch.randn(32, 8, requires_grad=True)
+    targets = torch.randint(0, 32, (12,))
+    got = torch.autograd.grad(linear_cross_entropy(hidden, weight, targets, 5) * 3.5, (hidden, weight))
+    want = torch.autograd.grad(cross_entropy(hidden @ weight.T, targets) * 3.5, (hidden, weight))
+    for g, w in zip(got, want, strict=True):
+        assert_close(g, w)
+
+
 def test_forward_saves_no_logits_for_backward():
-    """Under checkpointing only the chunks' inputs are kept: nothing as large as one chunk's logits."""
-    inputs, targets = batch()
-    model = tiny_model()
-    model.loss_chunk_tokens = 16
-    saved: list[int] = []
-    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
-        h = model.tok_embeddings(inputs)
-        for block in model.layers.values():
-            h = block(h)
-        before_loss = len(saved)
-        chunked_cross_entropy(h, targets, model.logits, model.loss_chunk_tokens)
-    assert max(saved[before_loss:]) < 16 * TINY_ARGS["vocab_size"]
+    """Forward keeps the hidden states' and the weight's gradients, nothing of the (tokens, vocabulary) shape."""
+    hidden, weight = torch.randn(60, 8, requires_grad=True), torch.randn(128, 8, requires_grad=True)
+    saved: list[tuple[int, ...]] = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(tuple(t.shape)) or t, lambda t: t):
+        linear_cross_entropy(hidden, weight, torch.randint(0, 128, (60,)), chunk_tokens=16)
+    assert sorted(saved) == [(60, 8), (128, 8)]
 
 
-def test_backward_recomputes_each_chunks_logits_once():
-    hidden = torch.randn(40, 8, requires_grad=True)
-    weight = torch.randn(32, 8, requires_grad=True)
-    head_calls: list[int] = []
+class OpNames(TorchDispatchMode):
+    """Records the aten ops that run inside it."""
 
-    def head(h: torch.Tensor) -> torch.Tensor:
-        head_calls.append(h.shape[0])
-        return h @ weight.T
+    def __init__(self) -> None:
+        super().__init__()
+        self.names: list[str] = []
 
-    loss = chunked_cross_entropy(hidden, torch.randint(0, 32, (40,)), head, chunk_tokens=10)
-    assert head_calls == [10, 10, 10, 10]
-    loss.backward()
-    assert head_calls == [10] * 8
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+def test_backward_recomputes_nothing():
+    hidden, weight = torch.randn(40, 8, requires_grad=True), torch.randn(32, 8, requires_grad=True)
+    loss = linear_cross_entropy(hidden, weight, torch.randint(0, 32, (40,)), chunk_tokens=10)
+    with OpNames() as ops:
+        loss.backward()
+    assert not [op for op in ops.names if "mm" in op or "softmax" in op or "logsumexp" in op]
 
 
 def test_without_gradients_the_loss_is_the_same_and_nothing_is_recomputed():
@@ -113,6 +124,17 @@ def test_under_bf16_autocast_the_loss_is_still_fp32():
         loss = model(inputs, targets)
     assert loss.dtype == torch.float32
     assert loss.item() == pytest.approx(plain_loss(model, inputs, targets).item(), rel=2e-2)
+
+
+def test_with_bf16_parameters_as_fsdp_gathers_them_the_gradients_are_bf16_and_the_loss_fp32():
+    hidden = torch.randn(24, 8, dtype=torch.bfloat16, requires_grad=True)
+    weight = torch.randn(32, 8, dtype=torch.bfloat16, requires_grad=True)
+    targets = torch.randint(0, 32, (24,))
+    loss = linear_cross_entropy(hidden, weight, targets, chunk_tokens=10)
+    loss.backward()
+    want = cross_entropy(hidden.float() @ weight.float().T, targets)
+    assert loss.dtype == torch.float32 and loss.item() == pytest.approx(want.item(), rel=1e-2)
+    assert hidden.grad.dtype == weight.grad.dtype == torch.bfloat16
 
 
 def test_chunks_hold_a_fixed_budget_of_logits_whatever_the_vocabulary():
