@@ -57,7 +57,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
             loss, grad_logits = _loss_and_logit_gradient(logits, targets[rows])
             total += loss
             if want_hidden or want_weight:
-                grad_logits = (grad_logits / count).to(logits.dtype)
+                grad_logits = grad_logits.div_(count).to(logits.dtype)  # in place: one fp32 chunk at a time
                 if want_hidden:
                     grad_hidden[rows] = grad_logits @ weight
                 if want_weight:
