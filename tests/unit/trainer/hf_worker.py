@@ -164,6 +164,32 @@ def scenario_loss(spec: dict, rank: int) -> dict:
     return {"loss": loss.detach(), "grads": full, "chunk_tokens": transformer.loss_chunk_tokens}
 
 
+def scenario_backward_collectives(spec: dict, rank: int) -> dict:
+    """How many times each functional collective runs in backward (the layout's "ac" decides what is recomputed)."""
+    from collections import Counter
+
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Collectives(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.counts: Counter[str] = Counter()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            name = func.__name__.split(".")[0]
+            if func.namespace == "_c10d_functional" and name != "wait_tensor" and not name.startswith("_"):
+                self.counts[name] += 1  # the collectives themselves, not their helpers
+            return func(*args, **(kwargs or {}))
+
+    args = ModelArgs(**spec["args"])
+    model = build(args, spec["layout"])
+    init_by_value(model, args, seed=0)
+    loss = model(torch.tensor(spec["inputs"]), torch.tensor(spec["targets"]))
+    with Collectives() as seen:
+        loss.backward()
+    return {"counts": dict(seen.counts)}
+
+
 def main() -> int:
     scenario, spec_path = sys.argv[1], sys.argv[2]
     spec = json.loads(Path(spec_path).read_text())

@@ -8,7 +8,7 @@ from collections import Counter
 
 import pytest
 import torch
-from hf_runs import TINY_ARGS
+from hf_runs import TINY_ARGS, run_scenario
 from llmtrain_trainer.model import ModelArgs, Transformer
 from llmtrain_trainer.parallelize import SelectivePolicy, apply_activation_checkpointing, resolve_compile
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -122,3 +122,14 @@ def test_training_compile_accepts_true_false_and_defaults_to_unset():
     assert TrainingSection(steps=1, globalBatchSize=1).compile is None
     assert TrainingSection(steps=1, globalBatchSize=1, compile=True).compile is True
     assert TrainingSection(steps=1, globalBatchSize=1, compile=False).compile is False
+
+
+def test_under_tensor_parallelism_selective_backward_repeats_no_collective_and_full_backward_does(tmp_path):
+    inputs, targets = tokens()
+    spec = dict(args=TINY_ARGS, inputs=inputs.tolist(), targets=targets.tolist())
+    counts = {
+        layout: run_scenario("backward_collectives", layout, tmp_path, **spec)["counts"]
+        for layout in ("tp2", "tp2_selective_ac", "tp2_full_ac")
+    }
+    assert counts["tp2_selective_ac"] == counts["tp2"], counts
+    assert sum(counts["tp2_full_ac"].values()) > sum(counts["tp2"].values())
