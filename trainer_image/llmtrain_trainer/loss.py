@@ -76,13 +76,15 @@ class _LinearCrossEntropy(torch.autograd.Function):
 
 def _loss_and_logit_gradient(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed fp32 cross-entropy of one chunk and its gradient with respect to the logits (softmax minus one-hot,
-    zero for ignored targets); the fp32 logits' buffer becomes the gradient, so a chunk holds one fp32 copy."""
+    zero for ignored targets). The softmax is built in place of the fp32 logits (no logsumexp temporary), so a
+    chunk holds a single fp32 logits-sized buffer."""
     logits = logits.float()
     valid = targets != IGNORE_INDEX
     safe_targets = targets.where(valid, 0).unsqueeze(1)
-    log_normaliser = logits.logsumexp(dim=1, keepdim=True)
     target_logits = logits.gather(1, safe_targets)
-    loss = ((log_normaliser - target_logits).squeeze(1) * valid).sum()
-    grad = logits.sub_(log_normaliser).exp_()  # softmax, in place of the fp32 logits
-    grad.scatter_add_(1, safe_targets, -valid.unsqueeze(1).to(grad.dtype))
+    row_max = logits.amax(dim=1, keepdim=True)
+    grad = logits.sub_(row_max).exp_()
+    row_sum = grad.sum(dim=1, keepdim=True)
+    loss = ((row_max + row_sum.log() - target_logits).squeeze(1) * valid).sum()
+    grad.div_(row_sum).scatter_add_(1, safe_targets, -valid.unsqueeze(1).to(grad.dtype))
     return loss, grad.mul_(valid.unsqueeze(1))
