@@ -7,8 +7,8 @@ backward, two more fp32 tensors of the same (tokens x vocabulary) size: for llam
 `linear_cross_entropy` fuses the output projection with the loss and walks the tokens a chunk at a time: for
 each chunk it computes the logits, the loss and at once the gradient of the loss with respect to the logits,
 turns that into the chunk's share of the hidden states' and projection weight's gradients, and drops the
-chunk's logits. Forward keeps those two gradients (hidden-sized and weight-sized, both far smaller than the
-logits) and backward only scales them by the incoming gradient. The FLOPs are the plain loss's (one forward and
+chunk's logits. Forward keeps those two gradients (hidden-sized and weight-sized, in fp32, both far smaller than
+the logits) and backward only scales them by the incoming gradient. The FLOPs are the plain loss's (one forward and
 two backward matmuls per chunk): unlike checkpointing each chunk, nothing is recomputed.
 """
 
@@ -42,13 +42,17 @@ def linear_cross_entropy(
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
-    """Loss in forward together with its gradients (see the module's docstring); backward scales them."""
+    """Loss in forward together with its gradients (see the module's docstring); backward scales them.
+
+    The stored gradients are those of the *summed* loss, kept in fp32: per-token logit gradients (|g| <= 1) are
+    safe in fp16, whereas dividing by the token count first would flush many to zero in fp16 before the loss scale
+    could lift them. Backward multiplies by incoming gradient / count in fp32, then casts to the inputs' dtypes.
+    """
 
     @staticmethod
     def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk_tokens: int):
         want_hidden, want_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        count = (targets != IGNORE_INDEX).sum()
-        grad_hidden = torch.empty_like(hidden) if want_hidden else None
+        grad_hidden = torch.empty_like(hidden, dtype=torch.float32) if want_hidden else None
         grad_weight = torch.zeros_like(weight, dtype=torch.float32) if want_weight else None
         total = hidden.new_zeros((), dtype=torch.float32)
         for start in range(0, hidden.shape[0], chunk_tokens):
@@ -56,21 +60,23 @@ class _LinearCrossEntropy(torch.autograd.Function):
             logits = hidden[rows] @ weight.T  # the compute dtype: autocast's or the parameters'
             loss, grad_logits = _loss_and_logit_gradient(logits, targets[rows])
             total += loss
-            if want_hidden or want_weight:
-                grad_logits = grad_logits.div_(count).to(logits.dtype)  # in place: one fp32 chunk at a time
-                if want_hidden:
-                    grad_hidden[rows] = grad_logits @ weight
-                if want_weight:
-                    grad_weight += grad_logits.T @ hidden[rows]
-        ctx.save_for_backward(grad_hidden, grad_weight)
-        ctx.weight_dtype = weight.dtype
+            grad_logits = grad_logits.to(logits.dtype)
+            if want_hidden:
+                grad_hidden[rows] = grad_logits @ weight
+            if want_weight:
+                grad_weight += grad_logits.T @ hidden[rows]
+        count = (targets != IGNORE_INDEX).sum()
+        ctx.save_for_backward(grad_hidden, grad_weight, count)
+        ctx.dtypes = hidden.dtype, weight.dtype
         return total / count
 
     @staticmethod
     def backward(ctx, grad_loss: torch.Tensor):
-        grad_hidden, grad_weight = ctx.saved_tensors
-        hidden_part = None if grad_hidden is None else grad_hidden * grad_loss
-        weight_part = None if grad_weight is None else grad_weight.to(ctx.weight_dtype) * grad_loss
+        grad_hidden, grad_weight, count = ctx.saved_tensors
+        scale = grad_loss.float() / count
+        hidden_dtype, weight_dtype = ctx.dtypes
+        hidden_part = None if grad_hidden is None else (grad_hidden * scale).to(hidden_dtype)
+        weight_part = None if grad_weight is None else (grad_weight * scale).to(weight_dtype)
         return hidden_part, weight_part, None, None
 
 

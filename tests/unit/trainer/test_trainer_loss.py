@@ -85,7 +85,7 @@ def test_forward_saves_no_logits_for_backward():
     saved: list[tuple[int, ...]] = []
     with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(tuple(t.shape)) or t, lambda t: t):
         linear_cross_entropy(hidden, weight, torch.randint(0, 128, (60,)), chunk_tokens=16)
-    assert sorted(saved) == [(60, 8), (128, 8)]
+    assert sorted(saved) == [(), (60, 8), (128, 8)]  # the token count, the two gradients
 
 
 class OpNames(TorchDispatchMode):
@@ -135,6 +135,22 @@ def test_with_bf16_parameters_as_fsdp_gathers_them_the_gradients_are_bf16_and_th
     want = cross_entropy(hidden.float() @ weight.float().T, targets)
     assert loss.dtype == torch.float32 and loss.item() == pytest.approx(want.item(), rel=1e-2)
     assert hidden.grad.dtype == weight.grad.dtype == torch.bfloat16
+
+
+def test_under_fp16_with_a_loss_scale_small_gradients_survive_as_in_the_plain_loss():
+    """8192 tokens x 2048 words: each token's softmax share of the mean loss's gradient is ~6e-8, below fp16's
+    normal range; the loss scale must lift it before anything is fp16, as in the plain loss's backward."""
+    gen = torch.Generator().manual_seed(3)
+    tokens, vocab = 8192, 2048
+    hidden = torch.randn(tokens, 8, generator=gen).half().requires_grad_()
+    weight = (torch.randn(vocab, 8, generator=gen) * 0.02).half().requires_grad_()
+    targets = torch.randint(0, vocab, (tokens,), generator=gen)
+    scale = 2.0**16
+    (linear_cross_entropy(hidden, weight, targets, chunk_tokens=2048) * scale).backward()
+    reference = [t.detach().float().requires_grad_() for t in (hidden, weight)]
+    (cross_entropy(reference[0] @ reference[1].T, targets) * scale).backward()
+    for got, want in zip((hidden.grad, weight.grad), (reference[0].grad, reference[1].grad), strict=True):
+        torch.testing.assert_close(got.float(), want, rtol=1e-2, atol=1e-2 * want.abs().max().item())
 
 
 def test_chunks_hold_a_fixed_budget_of_logits_whatever_the_vocabulary():
