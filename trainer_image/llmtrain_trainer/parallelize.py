@@ -9,6 +9,7 @@ One DeviceMesh with dims (dp_replicate, dp_shard, tp):
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from functools import cache
 
 import torch
 from llmtrain_contract.presets import tensor_parallel_dims
@@ -133,6 +134,7 @@ def apply_tp(model: Transformer, tp_mesh: DeviceMesh, *, loss_parallel: bool) ->
     model.loss_chunk_tokens = 0
 
 
+@cache
 def _always_saved_ops() -> frozenset:
     """Ops whose outputs selective checkpointing keeps: attention (the costliest op to recompute, O(seq^2)) and
     tensor parallelism's collectives (recomputing them would repeat the communication in backward)."""
