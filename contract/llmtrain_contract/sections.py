@@ -180,7 +180,12 @@ class TrainingSection(Section):
     activation_checkpointing: Literal["none", "full", "selective"] = Field(
         "none", description="Activation recomputation policy."
     )
-    compile: bool = Field(False, description="torch.compile each transformer block.")
+    compile: bool | None = Field(
+        None,
+        description="torch.compile each transformer block. Unset: on when the trainer runs on CUDA GPUs (faster "
+        "once compiled, about a minute of compilation at start), off on CPU (where compiling costs more than it "
+        "gains on the small models CPU runs are for); true or false forces it.",
+    )
     seed: int = Field(0, description="Seed for initialisation, data order and dropout.")
     divergence_patience: int = Field(
         5, ge=1, description="Consecutive steps with a non-finite loss after which the run has diverged (exit 79)."

@@ -36,6 +36,7 @@ from .parallelize import (
     mixed_precision_dtype,
     parallel_dims,
     parallelize,
+    resolve_compile,
     uses_autocast,
 )
 from .precision import LossScaler
@@ -194,7 +195,7 @@ def build_model(
         dims,
         precision=cfg.precision,
         ac=training.activation_checkpointing,
-        compile_blocks=training.compile,
+        compile_blocks=resolve_compile(training.compile, device.type),
         loss_parallel=loss_parallel,
     )
     model.to_empty(device=device)

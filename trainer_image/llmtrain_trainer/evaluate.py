@@ -79,7 +79,6 @@ def evaluate(
     """
     import torch
     import torch.distributed as dist
-    import torch.nn.functional as F
     from torch.distributed.tensor import DTensor
     from torch.distributed.tensor.parallel import loss_parallel as loss_parallel_ctx
 
@@ -93,10 +92,10 @@ def evaluate(
                 xs = torch.from_numpy(inputs).to(device).split(micro_batch_size)
                 ys = torch.from_numpy(targets).to(device).split(micro_batch_size)
                 for x, y in zip(xs, ys, strict=True):
-                    with loss_parallel_ctx() if loss_parallel else nullcontext():
-                        with torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else nullcontext():
-                            logits = model(x)
-                        loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
+                    # the model's own loss: fp32 logits a slice of tokens at a time (loss.py)
+                    cast = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else nullcontext()
+                    with loss_parallel_ctx() if loss_parallel else nullcontext(), cast:
+                        loss = model(x, y)
                     loss = loss.full_tensor() if isinstance(loss, DTensor) else loss
                     total += loss.detach().double()
                     count += 1

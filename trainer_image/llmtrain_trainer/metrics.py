@@ -8,29 +8,36 @@ their own memory. Every sample carries the labels job and node_rank.
 from __future__ import annotations
 
 import os
+import re
 import resource
 
 import torch
 from llmtrain_contract import metrics as names
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-# Dense bf16 peak FLOP/s per device, matched against torch.cuda.get_device_name(); first match wins.
+# Dense (no sparsity) bf16 peak FLOP/s per device, matched against torch.cuda.get_device_name(). A key matches as
+# whole words (so "H20" is not "H200", "L4" not "L40S", "A10" not "A100"); the first match wins, so the variants
+# that share a chip name but not its clocks or power come before it: H200 NVL (the PCIe card, 600 W) before
+# H200 (SXM, 700 W); H100 PCIe and NVL before H100 (SXM, whose name is e.g. "NVIDIA H100 80GB HBM3").
 PEAK_BF16_FLOPS: list[tuple[str, float]] = [
     ("GB200", 2.5e15),
     ("B200", 2.25e15),
+    ("GH200", 989e12),
+    ("H200 NVL", 835e12),
+    ("H200", 989e12),
     ("H100 PCIe", 756e12),
     ("H100 NVL", 835e12),
-    ("H200", 989e12),
     ("H100", 989e12),
+    ("H800 PCIe", 756e12),
     ("H800", 989e12),
     ("H20", 148e12),
     ("A100", 312e12),
     ("A800", 312e12),
     ("L40S", 362e12),
     ("L40", 181e12),
+    ("L4", 121e12),
     ("A10G", 70e12),
     ("A10", 125e12),
-    ("L4", 121e12),
     ("MI300X", 1307e12),
     ("MI250X", 383e12),
 ]
@@ -42,10 +49,12 @@ def peak_flops(device_name: str | None, override: float | None) -> float | None:
         return override
     if not device_name:
         return None
-    for key, value in PEAK_BF16_FLOPS:
-        if key.lower() in device_name.lower():
-            return value
-    return None
+    return next((value for key, value in PEAK_BF16_FLOPS if _names_device(key, device_name)), None)
+
+
+def _names_device(key: str, device_name: str) -> bool:
+    """Whether `key` appears in the device name as whole words (case-insensitive)."""
+    return re.search(rf"(?<![a-z0-9]){re.escape(key.lower())}(?![a-z0-9])", device_name.lower()) is not None
 
 
 def mfu(tokens_per_second_per_device: float, flops_per_token: float, peak: float | None) -> float | None:

@@ -17,6 +17,7 @@ from llmtrain_contract.rules import shape_problems
 from torch import nn
 
 from .config import ModelConfig
+from .loss import chunk_tokens_for, cross_entropy, linear_cross_entropy
 
 # The shape is the contract's (the operator checks it too); the model only builds it.
 ModelArgs = ModelShape
@@ -108,12 +109,19 @@ class Attention(nn.Module):
         v = self.wv(x).view(bsz, seq, -1, self.head_dim)
         q, k = apply_rope(q, self.rope), apply_rope(k, self.rope)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))
-        n_rep = q.shape[1] // k.shape[1]
-        if n_rep > 1:  # grouped-query attention: each kv head serves n_rep query heads
-            k = k.repeat_interleave(n_rep, dim=1)
-            v = v.repeat_interleave(n_rep, dim=1)
-        out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        out = attend(q, k, v)
         return self.wo(out.transpose(1, 2).reshape(bsz, seq, -1))
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Causal attention of (batch, heads, seq, head_dim) q over k and v, which may have fewer (kv) heads.
+
+    Grouped-query attention goes to SDPA as is (`enable_gqa`): the CPU and CUDA flash kernels (and CUDA's
+    efficient one) read each kv head for its group of query heads, so no repeated K/V copies are made or saved for
+    backward; SDPA falls back to its math kernel by itself where a backend cannot. Under tensor parallelism q, k
+    and v are this rank's local heads (plain tensors), so the same call serves every layout.
+    """
+    return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=q.shape[1] != k.shape[1])
 
 
 class FeedForward(nn.Module):
@@ -151,13 +159,30 @@ class Transformer(nn.Module):
         self.output = nn.Linear(args.dim, args.vocab_size, bias=False)
         if args.tie_embeddings:
             self.output.weight = self.tok_embeddings.weight
+        # tokens per slice of the loss's logits (loss.py); 0: all at once, for activations that cannot be cut into
+        # token slices (tensor parallelism's sequence shards: parallelize sets it)
+        self.loss_chunk_tokens = chunk_tokens_for(args.vocab_size)
         self.init_buffers(None)
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
+        """The logits of every position, or with `targets` the mean next-token cross-entropy (fp32).
+
+        The loss is computed here, not by the caller on returned logits, so that the full fp32 logits never exist
+        (loss.py fuses the output projection with it) and so that FSDP's hooks on this module gather the output
+        projection for it.
+        """
         h = self.tok_embeddings(tokens)
         for block in self.layers.values():
             h = block(h)
-        return self.output(self.norm(h))
+        if targets is None:
+            return self.logits(h)
+        if self.loss_chunk_tokens <= 0:
+            return cross_entropy(self.logits(h), targets)
+        return linear_cross_entropy(self.norm(h), self.output.weight, targets, self.loss_chunk_tokens)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Final norm and output projection of the last block's hidden states."""
+        return self.output(self.norm(hidden))
 
     def init_buffers(self, device: torch.device | None) -> None:
         """(Re)compute the fp32 RoPE table, e.g. after `to_empty` left it uninitialised; one tensor for all blocks.

@@ -9,7 +9,7 @@ One DeviceMesh with dims (dp_replicate, dp_shard, tp):
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from functools import partial
+from functools import cache
 
 import torch
 from llmtrain_contract.presets import tensor_parallel_dims
@@ -129,33 +129,79 @@ def apply_tp(model: Transformer, tp_mesh: DeviceMesh, *, loss_parallel: bool) ->
         )
     if model.args.tie_embeddings:  # parallelize_module made two parameters out of one; both are Shard(0)
         model.output.weight = model.tok_embeddings.weight
+    # the hidden states are sequence shards here: the loss cannot slice them by tokens; loss_parallel keeps its
+    # logits vocabulary-sharded instead (1/tp of them per rank)
+    model.loss_chunk_tokens = 0
 
 
-def _selective_policy(ctx, op, *args, **kwargs):
-    """Keep matmul and attention outputs (expensive to recompute), recompute the cheap elementwise ops."""
-    from torch.utils.checkpoint import CheckpointPolicy
+@cache
+def _always_saved_ops() -> frozenset:
+    """Ops whose outputs selective checkpointing keeps: attention (the costliest op to recompute, O(seq^2)) and
+    tensor parallelism's collectives (recomputing them would repeat the communication in backward)."""
+    aten, c10d = torch.ops.aten, torch.ops._c10d_functional
+    return frozenset(
+        {
+            aten._scaled_dot_product_flash_attention.default,
+            aten._scaled_dot_product_efficient_attention.default,
+            aten._scaled_dot_product_cudnn_attention.default,
+            aten._scaled_dot_product_flash_attention_for_cpu.default,
+            c10d.all_gather_into_tensor.default,
+            c10d.reduce_scatter_tensor.default,
+            c10d.all_reduce.default,
+            c10d.all_to_all_single.default,
+            c10d.wait_tensor.default,
+        }
+    )
 
-    keep = {
-        torch.ops.aten.mm.default,
-        torch.ops.aten._scaled_dot_product_efficient_attention.default,
-        torch.ops.aten._scaled_dot_product_flash_attention.default,
-        torch.ops.aten._scaled_dot_product_cudnn_attention.default,
-    }
-    return CheckpointPolicy.MUST_SAVE if op in keep else CheckpointPolicy.PREFER_RECOMPUTE
+
+class SelectivePolicy:
+    """Which op outputs one checkpointed block keeps: attention, collectives, and every other matmul (the 1st,
+    3rd, ... of the block: wq, wv, w1, w2 of its 7); the other matmuls and all elementwise work are recomputed.
+
+    Saving half the matmuls halves what the matmuls would keep while backward recomputes only 3 of 7 (each
+    from inputs that are saved or cheap). Matmuls are counted separately in forward and in the recompute, which
+    see the same ops in the same order, so both make the same decision for each. One instance per block call.
+    """
+
+    def __init__(self) -> None:
+        self.saved_ops = _always_saved_ops()
+        self.matmuls = {False: 0, True: 0}  # by ctx.is_recompute
+
+    def __call__(self, ctx, op, *args, **kwargs):
+        from torch.utils.checkpoint import CheckpointPolicy
+
+        if op in self.saved_ops:
+            return CheckpointPolicy.MUST_SAVE
+        if op is torch.ops.aten.mm.default:
+            self.matmuls[ctx.is_recompute] += 1
+            if self.matmuls[ctx.is_recompute] % 2 == 1:
+                return CheckpointPolicy.MUST_SAVE
+        return CheckpointPolicy.PREFER_RECOMPUTE
+
+
+def selective_checkpoint_contexts():
+    """A fresh policy (fresh matmul counts) for each checkpointed call."""
+    from torch.utils.checkpoint import create_selective_checkpoint_contexts
+
+    return create_selective_checkpoint_contexts(SelectivePolicy())
 
 
 def apply_activation_checkpointing(model: Transformer, mode: str) -> None:
-    """'full' recomputes each block in backward; 'selective' recomputes only its elementwise ops."""
+    """'full' recomputes each block in backward; 'selective' only part of it (SelectivePolicy)."""
     from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
-    from torch.utils.checkpoint import create_selective_checkpoint_contexts
 
     for name, block in list(model.layers.items()):
         if mode == "full":
             wrapped = checkpoint_wrapper(block, preserve_rng_state=False)
         else:
-            ctx = partial(create_selective_checkpoint_contexts, _selective_policy)
-            wrapped = checkpoint_wrapper(block, context_fn=ctx, preserve_rng_state=False)
+            wrapped = checkpoint_wrapper(block, context_fn=selective_checkpoint_contexts, preserve_rng_state=False)
         model.layers[name] = wrapped
+
+
+def resolve_compile(setting: bool | None, device_type: str) -> bool:
+    """`training.compile` for this device: unset means on for CUDA (per-block graphs fuse the norms, RoPE and
+    SwiGLU's elementwise work), off elsewhere (on CPU compiling takes longer than the small runs it would speed)."""
+    return device_type == "cuda" if setting is None else setting
 
 
 def apply_compile(model: Transformer) -> None:

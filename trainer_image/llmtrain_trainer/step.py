@@ -26,7 +26,6 @@ from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
 from torch.distributed.tensor import DTensor
 from torch.distributed.tensor.parallel import loss_parallel
@@ -236,10 +235,13 @@ def forward_backward(
 def micro_batch_loss(
     model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, autocast_dtype: torch.dtype | None
 ) -> torch.Tensor:
-    """Mean next-token cross-entropy; the model may run in low precision, the loss is always fp32."""
+    """Mean next-token cross-entropy; the model may run in low precision, the loss is always fp32.
+
+    The model computes it from its last hidden states (Transformer.forward with targets), a slice of tokens at a
+    time, so the whole micro-batch's fp32 logits never exist (loss.py).
+    """
     with torch.autocast(inputs.device.type, dtype=autocast_dtype) if autocast_dtype else nullcontext():
-        logits = model(inputs)
-    return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
+        return model(inputs, targets)
 
 
 def gradient_sync(model: nn.Module, *, last_micro_batch: bool) -> AbstractContextManager:

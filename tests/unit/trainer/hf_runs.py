@@ -50,6 +50,9 @@ LAYOUTS = {
     "hybrid": (2, {"dp_replicate": 2, "dp_shard": 1, "sharding": "hybrid"}),
     "ddp": (2, {"dp_replicate": 2, "data_parallel": "ddp"}),
     "tp2": (2, {"tp": 2}),
+    "tp2_loss_parallel": (2, {"tp": 2, "loss_parallel": True}),
+    "tp2_selective_ac": (2, {"tp": 2, "ac": "selective"}),
+    "tp2_full_ac": (2, {"tp": 2, "ac": "full"}),
     "fsdp2_tp2": (4, {"dp_shard": 2, "tp": 2}),
     "fsdp3_tp2": (6, {"dp_shard": 3, "tp": 2}),
 }

@@ -42,7 +42,8 @@ def build(args: ModelArgs, layout: dict, *, precision: str = "fp32"):
     mesh = build_mesh(dims, "cpu")
     with torch.device("meta"):
         model = Transformer(args)
-    parallelize(model, mesh, dims, precision=precision, ac=layout.get("ac", "none"), compile_blocks=False)
+    ac, loss_parallel = layout.get("ac", "none"), layout.get("loss_parallel", False)
+    parallelize(model, mesh, dims, precision=precision, ac=ac, compile_blocks=False, loss_parallel=loss_parallel)
     model.to_empty(device="cpu")
     model.init_buffers(torch.device("cpu"))
     if dims.data_parallel == "ddp" and dims.tp == 1:
@@ -137,6 +138,56 @@ def scenario_rope(spec: dict, rank: int) -> dict:
         "calls": len(seen),
         "max_error": max((t.float() - reference).abs().max().item() for t in seen),
     }
+
+
+def scenario_loss(spec: dict, rank: int) -> dict:
+    """The model's own training loss (chunks of spec["chunk_tokens"] where the layout allows) and backward;
+    the loss and every parameter's full gradient."""
+    from contextlib import nullcontext
+
+    from llmtrain_trainer.hf_checkpoint import named_parameters
+    from torch.distributed.tensor.parallel import loss_parallel
+
+    args = ModelArgs(**spec["args"])
+    model = build(args, spec["layout"])
+    init_by_value(model, args, seed=0)
+    transformer = getattr(model, "module", model)  # under DDP
+    if transformer.loss_chunk_tokens:  # tensor parallelism switched chunking off
+        transformer.loss_chunk_tokens = spec["chunk_tokens"]
+    with loss_parallel() if spec["layout"].get("loss_parallel") else nullcontext():
+        loss = model(torch.tensor(spec["inputs"]), torch.tensor(spec["targets"]))
+        loss.backward()
+    full = {
+        name: p.grad.full_tensor() if isinstance(p.grad, DTensor) else p.grad for name, p in named_parameters(model)
+    }
+    loss = loss.full_tensor() if isinstance(loss, DTensor) else loss
+    return {"loss": loss.detach(), "grads": full, "chunk_tokens": transformer.loss_chunk_tokens}
+
+
+def scenario_backward_collectives(spec: dict, rank: int) -> dict:
+    """How many times each functional collective runs in backward (the layout's "ac" decides what is recomputed)."""
+    from collections import Counter
+
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Collectives(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.counts: Counter[str] = Counter()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            name = func.__name__.split(".")[0]
+            if func.namespace == "_c10d_functional" and name != "wait_tensor" and not name.startswith("_"):
+                self.counts[name] += 1  # the collectives themselves, not their helpers
+            return func(*args, **(kwargs or {}))
+
+    args = ModelArgs(**spec["args"])
+    model = build(args, spec["layout"])
+    init_by_value(model, args, seed=0)
+    loss = model(torch.tensor(spec["inputs"]), torch.tensor(spec["targets"]))
+    with Collectives() as seen:
+        loss.backward()
+    return {"counts": dict(seen.counts)}
 
 
 def main() -> int:

@@ -12,6 +12,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from llmtrain_contract.memory import MemoryEstimate
 from llmtrain_trainer.build import step_plan
 from llmtrain_trainer.config import ConfigError, TrainerConfig
@@ -74,9 +75,10 @@ class FakeDDP(nn.Module):
         self.unsynced: list[bool] = []
         self._in_no_sync = False
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The mean cross-entropy against targets, as our Transformer computes it when given them."""
         self.unsynced.append(self._in_no_sync)
-        return self.head(self.embed(tokens))
+        return F.cross_entropy(self.head(self.embed(tokens)).flatten(0, 1), targets.flatten())
 
     @contextmanager
     def no_sync(self):
