@@ -151,8 +151,12 @@ def test_a_lost_node_restarts_the_gang_on_the_remaining_nodes_and_the_job_succee
 ):
     if not cluster.is_testbed:
         pytest.skip("silences one of the test bed's nodes")
-    # The first attempt runs until its node is lost; the next one finishes.
-    kube.create(job_manifest("lost-node", "time.sleep(3600 if a == 0 else 3)", runPolicy={"backoffLimit": 0}))
+    # The first attempt runs until its node is lost; the next one finishes. The job's own toleration of an unreachable
+    # node (5 s) replaces the operator's 60 s default, so the test waits mostly for the node lifecycle controller.
+    tolerate = {"key": "node.kubernetes.io/unreachable", "operator": "Exists", "effect": "NoExecute"}
+    scheduling = {"tolerations": [{**tolerate, "tolerationSeconds": 5}]}
+    snippet = "time.sleep(3600 if a == 0 else 3)"
+    kube.create(job_manifest("lost-node", snippet, runPolicy={"backoffLimit": 0}, scheduling=scheduling))
     pods = both_running(kube, "lost-node")
     lost = next(p["spec"]["nodeName"] for p in pods if p["metadata"]["labels"]["llmtrain.dev/node-rank"] == "1")
 
