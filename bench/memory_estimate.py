@@ -3,8 +3,10 @@
 
 The reference runs the trainer's own code for two optimizer steps: `Transformer` built on meta, `parallelize`
 (FSDP2 / AC exactly as the trainer applies them), `apply_ddp`, `build_optimizer`, and the loop body of train.py
-(autocast for plain DDP, cross-entropy on `logits.float()` divided by the accumulation steps, step.gradient_sync
-(DDP's no_sync; FSDP reduce-scatters every micro-batch), clip_grad_norm, step, zero_grad(set_to_none)). Memory
+(step.forward_backward's body: step.micro_batch_loss, i.e. `model(tokens, targets)` under autocast for plain DDP
+(loss.py's fused chunked cross-entropy; under TP the vocabulary-sharded logits in loss_parallel), divided by the
+accumulation steps, step.gradient_sync (DDP's no_sync; FSDP reduce-scatters every micro-batch)), clip_grad_norm,
+step, zero_grad(set_to_none)). Memory
 is measured by torch's `MemTracker` (torch.distributed._tools.mem_tracker), a TorchDispatchMode that follows every
 tensor storage's allocation and release (including FSDP's `resize_` of unsharded parameters), so it measures live
 tensor bytes: what the CUDA caching allocator calls "allocated", without the CUDA context or allocator
@@ -159,7 +161,6 @@ def _measure_rank(rank: int, case: Case, init_method: str, out: str) -> None:
 def _measure(case: Case, *, rank: int, init_method: str | None) -> dict:
     import torch
     import torch.distributed as dist
-    import torch.nn.functional as F
     from llmtrain_contract.sections import OptimizerSection
     from llmtrain_trainer.model import Transformer
     from llmtrain_trainer.optim import build_optimizer, clip_grad_norm
@@ -171,10 +172,9 @@ def _measure(case: Case, *, rank: int, init_method: str | None) -> dict:
         parallelize,
         uses_autocast,
     )
-    from llmtrain_trainer.step import gradient_sync
+    from llmtrain_trainer.step import gradient_sync, loss_parallel_if, micro_batch_loss
     from torch._subclasses.fake_tensor import FakeTensorMode
     from torch.distributed._tools.mem_tracker import MemTracker
-    from torch.distributed.tensor.parallel import loss_parallel as loss_parallel_ctx
 
     if init_method:
         dist.init_process_group("gloo", init_method=init_method, rank=rank, world_size=case.world_size)
@@ -227,11 +227,11 @@ def _measure(case: Case, *, rank: int, init_method: str | None) -> dict:
                         0, case.shape.vocab_size, (case.micro_batch_size, case.seq_len + 1), generator=gen
                     )
                     x, y = tokens[:, :-1], tokens[:, 1:]
+                    # step.forward_backward's body: the model computes the loss (loss.py's fused chunked
+                    # cross-entropy; the vocabulary-sharded logits under TP's loss_parallel)
                     sync_ctx = gradient_sync(model, last_micro_batch=i == case.accumulation - 1)
-                    with sync_ctx, loss_parallel_ctx() if loss_parallel else nullcontext():
-                        with torch.autocast("cpu", dtype=autocast_dtype) if autocast_dtype else nullcontext():
-                            logits = model(x)
-                        loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten()) / case.accumulation
+                    with sync_ctx, loss_parallel_if(loss_parallel):
+                        loss = micro_batch_loss(model, x, y, autocast_dtype) / case.accumulation
                         loss.backward()
                     tracker.reset_mod_stats()  # MemTracker refuses a second forward of a module otherwise
                 peaks["forward_backward"] = _peak(tracker)
@@ -239,7 +239,7 @@ def _measure(case: Case, *, rank: int, init_method: str | None) -> dict:
                     clip_grad_norm(params, 1.0)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
-                del logits, loss
+                del loss
             peaks["step"] = _peak(tracker)
         return peaks
     finally:

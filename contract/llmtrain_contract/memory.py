@@ -14,9 +14,13 @@ and `suggest_fit` names the nearest change that would. The estimate models what 
   weight copies stay referenced by the autograd graph until backward, and whose residual stream stays fp32;
 - with gradient accumulation FSDP2 reduce-scatters every micro-batch (step.gradient_sync), so between
   micro-batches a rank holds its sharded fp32 gradients only; DDP holds the whole model's fp32 `.grad`;
-- the loss runs on `logits.float()`: the logits, their fp32 copy, log-softmax and its gradients over the full
-  vocabulary (or the rank's vocabulary slice with loss parallelism);
-- grouped-query attention's `repeat_interleave` copies of K and V are saved for backward.
+- the loss is loss.py's fused chunked cross-entropy: the logits exist one chunk of tokens at a time
+  (`loss_chunk_tokens`) and forward keeps fp32 gradients of the hidden states and of the output weight, which
+  backward only scales;
+  under tensor parallelism the old path remains (vocabulary-sharded logits, fp32 log-softmax and its gradients);
+- grouped-query attention runs SDPA with `enable_gqa`: K and V are saved with their kv heads only;
+- selective checkpointing (parallelize.SelectivePolicy) keeps attention outputs, TP collectives' outputs and every
+  other matmul's output (wq, wv, w1, w2).
 
 `MemoryEstimate.allocated` is the peak of live tensor bytes (what `torch.cuda.max_memory_allocated` reports);
 `total` adds the CUDA context and allocator slack, which no tensor accounts for. The estimate is validated
@@ -45,6 +49,14 @@ DEFAULT_CUDA_CONTEXT_BYTES = 1 * GIB
 DEFAULT_ALLOCATOR_SLACK = 0.05
 
 FP32 = 4
+# loss.py's chunking: LOGITS_PER_CHUNK logits per chunk, at least MIN_CHUNK_TOKENS tokens (loss.chunk_tokens_for)
+LOSS_LOGITS_PER_CHUNK = 2**26
+LOSS_MIN_CHUNK_TOKENS = 128
+
+
+def loss_chunk_tokens(vocab_size: int) -> int:
+    """Tokens per chunk of the fused loss, as loss.chunk_tokens_for computes them (2097 for a 32k vocabulary)."""
+    return max(LOSS_MIN_CHUNK_TOKENS, LOSS_LOGITS_PER_CHUNK // vocab_size)
 
 
 @dataclass(frozen=True)
@@ -55,7 +67,7 @@ class MemoryEstimate:
     gradients: int  # sharded fp32 gradients, or unsharded ones held across accumulation micro-batches
     optimizer_state: int  # AdamW exp_avg + exp_avg_sq (+ the foreach temporary in the optimizer phase)
     activations: int  # tensors saved for backward by the blocks (+ one block's recomputation under AC)
-    logits_loss: int  # logits, their fp32 copy, log-softmax and its gradients
+    logits_loss: int  # the loss: a chunk's logits + the fused loss's fp32 gradients (TP: sharded fp32 logits)
     communication: int  # FSDP all-gather / reduce-scatter buffers, DDP gradient buckets
     overhead: int  # CUDA context + allocator slack (0 on CPU)
     phase: str
@@ -242,9 +254,10 @@ def estimate_memory(
     # the matmuls' inputs: FSDP/fp32 save the (all-gathered) norm output once per norm; autocast casts it to bf16
     # separately for each consumer (wq, wk, wv; w1, w3), and each cast copy is saved
     matmul_inputs = (5 if lay.autocast and c != FP32 else 2) * c * bsd
-    # q, K and V after RoPE/repeat_interleave (all heads x head_dim wide: the GQA copies are what SDPA saves) and
-    # SDPA's output, which wo reads without a copy (its transpose is contiguous)
-    attention = 4 * c * bsd // tp + lse
+    # SDPA saves q and K after RoPE, V and its output (which wo reads without a copy); with enable_gqa K and V are
+    # only the kv heads wide (model.attend)
+    q_width, kv_width = c * tokens * s.n_heads * s.head_dim // tp, c * tokens * s.n_kv_heads * s.head_dim // tp
+    attention = 2 * q_width + 2 * kv_width + lse
     ffn = 4 * c * bsf // tp  # w1 out (silu input), silu out, w3 out, their product (w2 input)
     per_block = 2 * norm + matmul_inputs + attention + ffn
     block_input = r * bsd // tp
@@ -253,36 +266,34 @@ def estimate_memory(
         saved = s.n_layers * block_input
         recompute = per_block
     elif activation_checkpointing == "selective":
-        # parallelize._selective_policy keeps the mm outputs (wq, wk, wv, wo, w1, w3, w2) and, on CUDA, the flash /
-        # efficient SDPA outputs (CPU's SDPA kernel is not in its list, so it is recomputed there); norms, RoPE,
-        # SiLU and products are recomputed
-        kv = 2 * c * tokens * s.n_kv_heads * s.head_dim // tp
-        sac = 3 * c * bsd // tp + kv + 2 * c * bsf // tp
-        if device_type == "cuda":
-            sac += c * bsd // tp + lse
+        sac = _selective_saved(q_width, kv_width, c * bsf // tp, c * bsd, lse, tp)
         saved = s.n_layers * (block_input + sac)
         recompute = per_block - sac
     else:
         saved = s.n_layers * per_block
         recompute = 0
-    # the final norm's saved tensors and the output matmul's (normed, cast) input
-    saved += norm + c * bsd
+    # the final norm's saved tensors; under TP also the output matmul's all-gathered input (the fused loss saves
+    # no input: its gradients are made in forward)
+    saved += norm + (c * bsd if tp > 1 else 0)
     # backward through one block: the gradients of its widest intermediates (SwiGLU) alive at once
     block_backward = max(recompute, 0) + 2 * c * bsf // tp + 2 * c * bsd
 
     # --- logits and loss -----------------------------------------------------------------------------------------
-    vocab_local = s.vocab_size // tp if (loss_parallel and tp > 1) else s.vocab_size
-    btv = tokens * vocab_local
-    # train.py's `logits` (compute precision) stays referenced until the next micro-batch, i.e. through backward.
-    # cross_entropy(logits.float()) saves the fp32 log-softmax; its backward starts with the fp32 gradient of the
-    # log-softmax (nll_loss backward) and the fp32 gradient of its input, alive together: the loss's peak.
-    loss_start = btv * (c + 3 * FP32)
-    if loss_start >= btv * c + block_backward:
-        activations, logits_loss = saved, loss_start
+    # the output weight's gradient is made in the weight's dtype: FSDP's gathered compute copy, else fp32
+    weight_grad = FP32 if lay.autocast else c
+    if tp > 1:
+        vocab_local = s.vocab_size // tp if loss_parallel else s.vocab_size
+        loss = _sharded_logits_loss(tokens, vocab_local, s.dim, c, weight_grad)
     else:
-        activations, logits_loss = saved + block_backward, btv * c
+        loss = _fused_loss(tokens, s.vocab_size, s.dim, c, r, weight_grad)
+    # every activation is saved while the loss runs (forward, then at once its backward); then backward runs
+    # through the blocks with the output weight's gradient kept (FSDP reduces it with the root's, at the end)
+    if loss.peak >= loss.kept + block_backward:
+        activations, logits_loss = saved, loss.peak
+    else:
+        activations, logits_loss = saved + block_backward, loss.kept
 
-    # A: the loss's backward starts (all activations saved) or a block is recomputed/backpropagated
+    # A: the loss runs (all activations saved) or a block is recomputed/backpropagated
     gathered = compute_params if lay.fsdp else 0  # FSDP's all-gather outputs (autocast's casts: parameters)
     start = (
         master + compute_params - gathered,
@@ -293,10 +304,18 @@ def estimate_memory(
         gathered + ddp_buckets,
     )
     # B: the end of backward: every gradient exists (sharded fp32; with accumulation the unsharded fp32 ones are
-    # being reduced), the root's gathered copy and the logits are still referenced, reduce buffers in flight
+    # being reduced), the root's gathered copy and its output weight's unsharded gradient are still referenced,
+    # reduce buffers in flight (DDP's output gradient is its .grad, counted in the gradients)
     grads_end = held_grads or sharded_grads
     root_gathered = c * n_root if lay.fsdp else 0
-    end = (master, grads_end, adam_states, 0, btv * c, root_gathered + reduce_buffers + ddp_buckets)
+    end = (
+        master,
+        grads_end,
+        adam_states,
+        0,
+        loss.kept if lay.fsdp else 0,
+        root_gathered + reduce_buffers + ddp_buckets,
+    )
 
     # C: the optimizer step. The trainer's fused AdamW makes nothing; foreach AdamW (`fused_optimizer=False`) would
     # make sqrt(exp_avg_sq) for a whole parameter group at once
@@ -314,6 +333,66 @@ def estimate_memory(
     allocated = sum(parts)
     overhead = cuda_context_bytes + int(allocator_slack * allocated) if device_type == "cuda" else 0
     return MemoryEstimate(*parts, overhead=overhead, phase=phase, lower_bound=lower_bound, notes=notes)
+
+
+@dataclass(frozen=True)
+class _Loss:
+    """Bytes the loss adds on top of the saved activations, and what it leaves behind for the rest of backward."""
+
+    forward: int  # peak while its forward runs
+    backward: int  # peak while its backward runs
+    kept: int  # the output weight's gradient, alive until the end of backward
+
+    @property
+    def peak(self) -> int:
+        return max(self.forward, self.backward)
+
+
+def _fused_loss(tokens: int, vocab: int, dim: int, c: int, h: int, w: int) -> _Loss:
+    """loss.linear_cross_entropy on `tokens` hidden states of `h` bytes, the weight's gradient made in `w` bytes.
+
+    Forward keeps the fp32 gradients of the hidden states and of the output weight (saved for backward) and the
+    hidden states it reads; one chunk at a time holds its compute-precision logits, their fp32 copy (softmax and
+    gradient in place) and the gradient cast back, or, in the weight-gradient matmul, the logits, their cast
+    gradient and the weight-sized product. In fp32 the cast and the copy are the tensor itself, but the previous
+    chunk's buffer is still referenced while the next chunk's logits are made. Backward scales the saved
+    gradients: the hidden part in `h` bytes is made, then the weight part through an fp32 temporary.
+    """
+    chunk = min(tokens, loss_chunk_tokens(vocab))
+    logits, weight, hidden = chunk * vocab, vocab * dim, tokens * dim
+    if c == FP32:
+        chunk_peak = max(FP32 * logits * (2 if tokens > chunk else 1), FP32 * (logits + weight))
+    else:
+        chunk_peak = max((2 * c + FP32) * logits, 2 * c * logits + c * weight)
+    grads = FP32 * (hidden + weight)
+    forward = grads + h * hidden + chunk_peak
+    backward = grads + h * hidden + (FP32 + w) * weight
+    return _Loss(forward, backward, w * weight)
+
+
+def _sharded_logits_loss(tokens: int, vocab_local: int, dim: int, c: int, w: int) -> _Loss:
+    """loss.cross_entropy on the full (TP: vocabulary-sharded under loss_parallel) logits of every token.
+
+    loss_parallel's log-softmax holds the compute-precision logits, their fp32 copy (in fp32 the logits
+    themselves), the shifted logits and their exp; its fused nll/log-softmax backward holds the saved log-softmax,
+    a zero-filled gradient with the targets' -1s, exp of the log-softmax and their sum, all fp32.
+    """
+    btv = tokens * vocab_local
+    forward = (3 * FP32 if c == FP32 else c + 3 * FP32) * btv
+    return _Loss(forward, 4 * FP32 * btv, w * vocab_local * dim)
+
+
+def _selective_saved(q_width: int, kv_width: int, ffn_width: int, full_width: int, lse: int, tp: int) -> int:
+    """What parallelize.SelectivePolicy keeps of one block besides its input (widths in bytes, TP-local).
+
+    Odd-numbered matmuls in call order (wq, wk, wv, wo, w1, w3, w2): wq, wv, w1 and w2, whose output under TP is
+    the full-sequence partial sum before its reduce-scatter; SDPA's output and logsumexp; under TP the collectives'
+    outputs (the all-gathered inputs of attention and FFN, the reduce-scattered outputs of wo and w2).
+    """
+    matmuls = q_width + kv_width + ffn_width + full_width
+    attention = q_width + lse
+    collectives = 2 * full_width + 2 * full_width // tp if tp > 1 else 0
+    return matmuls + attention + collectives
 
 
 # --- from the spec -------------------------------------------------------------------------------------------------

@@ -29,7 +29,7 @@ def test_a_job_that_fits_has_no_memory_error():
 
 
 def test_a_job_that_cannot_fit_is_refused_with_the_field_to_change():
-    errors = memory_errors(spec(), 40 * GIB)
+    errors = memory_errors(spec(), 24 * GIB)  # the job needs about 33 GiB per rank
     assert len(errors) == 1
     assert errors[0].field.startswith("spec.")
     assert "will not fit the GPU" in errors[0].message and "largest:" in errors[0].message

@@ -62,3 +62,12 @@ def test_trainer_hook_logs_the_estimate_beside_the_measured_peak():
     record = memory_record(est, measured=est.allocated * 2)
     assert record["error_pct"] == -50.0 and record["estimate"].startswith("peak ")
     assert "measured_gib" not in memory_record(est, measured=None)
+
+
+@pytest.mark.parametrize("vocab", [256, 2048, 32000, 128256, 2**20])
+def test_estimator_chunks_the_loss_as_the_trainer_does(vocab):
+    """The torch-free estimator mirrors loss.chunk_tokens_for: the chunk's logits are its largest loss term."""
+    from llmtrain_contract.memory import loss_chunk_tokens
+    from llmtrain_trainer.loss import chunk_tokens_for
+
+    assert loss_chunk_tokens(vocab) == chunk_tokens_for(vocab)
