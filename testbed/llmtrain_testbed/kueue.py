@@ -10,7 +10,6 @@ configurations first, then stops the manager; the test bed's own `down` stops it
 
 from __future__ import annotations
 
-import argparse
 import base64
 import json
 import logging
@@ -22,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from . import cluster, paths, pki, probes, processes
+from . import addons, cluster, paths, pki, processes
 
 log = logging.getLogger("testbed.kueue")
 
@@ -32,6 +31,8 @@ NAMESPACE = "kueue-system"
 WEBHOOK_PORT = 19443
 HEALTH_PORT = 18081
 METRICS_PORT = 18443
+MANAGER = addons.Manager(NAME, (WEBHOOK_PORT, HEALTH_PORT, METRICS_PORT), HEALTH_PORT)
+
 QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 # Without Kueue's internal certificate management its metrics server reads this fixed path (cmd/kueue/main.go).
 METRICS_CERT_DIR = Path("/etc/kueue/metrics/certs")
@@ -158,30 +159,11 @@ def up(timeout: float = 180.0) -> None:
     config_file = state / "kueue" / "config.yaml"
     config_file.write_text(yaml.safe_dump(config(cert_dir), sort_keys=False))
     argv = [str(binary), f"--config={config_file}", f"--kubeconfig={cluster.admin_kubeconfig()}", "--zap-log-level=2"]
-    _ensure_manager(state, argv, time.monotonic() + timeout)
+    addons.ensure_manager(MANAGER, state, argv, time.monotonic() + timeout)
     manifests = list(yaml.safe_load_all((source / "webhook.yaml").read_text()))
     _apply(webhook_configurations([m for m in manifests if m], certs.ca_crt.read_bytes()))
     _apply_until_admitted(default_queue_objects(), time.monotonic() + 60)
     log.info("kueue %s installed (ClusterQueue %s)", VERSION, CLUSTER_QUEUE)
-
-
-def _ensure_manager(state: Path, argv: list[str], deadline: float) -> None:
-    tracked = processes.read(state, NAME)
-    if tracked is None or not tracked.alive() or tracked.argv != argv:
-        if tracked is not None and tracked.alive():
-            processes.stop(state, NAME)
-        for port in (WEBHOOK_PORT, HEALTH_PORT, METRICS_PORT):
-            processes.ensure_port_free(port, NAME, "127.0.0.1")
-        log.info("starting kueue manager")
-        processes.start(state, NAME, argv)
-    log_file = state / "logs" / f"{NAME}.log"
-    while probes.get(f"http://127.0.0.1:{HEALTH_PORT}/readyz") != (200, "ok"):
-        tracked = processes.read(state, NAME)
-        if tracked is None or not tracked.alive():
-            raise cluster.TestbedError(f"kueue exited during start-up; see {log_file}:\n{probes.log_tail(log_file)}")
-        if time.monotonic() > deadline:
-            raise cluster.TestbedError(f"kueue not ready in time; see {log_file}:\n{probes.log_tail(log_file)}")
-        time.sleep(0.5)
 
 
 def _apply_until_admitted(objects: list[dict[str, Any]], deadline: float) -> None:
@@ -205,17 +187,7 @@ def down() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m llmtrain_testbed.kueue", description=__doc__.splitlines()[0])
-    parser.add_argument("command", choices=["up", "down"])
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="[testbed] %(message)s", stream=sys.stderr)
-    try:
-        up() if args.command == "up" else down()
-    except (cluster.TestbedError, paths.MissingBinary, subprocess.CalledProcessError) as error:
-        detail = getattr(error, "stderr", "") or ""
-        print(f"error: {error} {detail}".strip(), file=sys.stderr)
-        return 1
-    return 0
+    return addons.main("python -m llmtrain_testbed.kueue", __doc__.splitlines()[0], up, down, argv)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ Two things differ from a cluster install, both because pods here are host proces
 
 from __future__ import annotations
 
-import argparse
 import base64
 import json
 import logging
@@ -33,7 +32,7 @@ from typing import Any
 
 import yaml
 
-from . import cluster, kubeconfig, paths, pki, probes, processes
+from . import addons, cluster, kubeconfig, paths, pki, processes
 
 log = logging.getLogger("testbed.peers")
 
@@ -44,6 +43,8 @@ SCHEMES = ("pytorchjob",)
 WEBHOOK_PORT = 19444
 HEALTH_PORT = 18091
 METRICS_PORT = 18090
+MANAGER = addons.Manager(NAME, (WEBHOOK_PORT, HEALTH_PORT, METRICS_PORT), HEALTH_PORT, {"MY_POD_NAMESPACE": NAMESPACE})
+
 # The manager's API identity: its own client certificate, so the audit log tells its requests apart. Cluster-admin
 # like the admin user (its ClusterRole in the manifests grants about as much on the kinds it touches).
 USER = "llmtrain-bench-training-operator"
@@ -178,7 +179,7 @@ def up(timeout: float = 180.0) -> None:
     config = kubeconfig.write(work / "kubeconfig", certs, client_crt.stem, USER)
     template = work / "init-container.yaml"
     template.write_text(init_container_template())
-    _ensure_manager(state, manager_argv(binary, config, template), time.monotonic() + timeout)
+    addons.ensure_manager(MANAGER, state, manager_argv(binary, config, template), time.monotonic() + timeout)
     log.info("training-operator %s installed (schemes: %s)", VERSION, ", ".join(SCHEMES))
 
 
@@ -194,25 +195,6 @@ def wait_established(crds: list[str], deadline: float) -> None:
             time.sleep(0.5)
 
 
-def _ensure_manager(state: Path, argv: list[str], deadline: float) -> None:
-    tracked = processes.read(state, NAME)
-    if tracked is None or not tracked.alive() or tracked.argv != argv:
-        if tracked is not None and tracked.alive():
-            processes.stop(state, NAME)
-        for port in (WEBHOOK_PORT, HEALTH_PORT, METRICS_PORT):
-            processes.ensure_port_free(port, NAME, "127.0.0.1")
-        log.info("starting training-operator manager")
-        processes.start(state, NAME, argv, env={"MY_POD_NAMESPACE": NAMESPACE})
-    log_file = state / "logs" / f"{NAME}.log"
-    while probes.get(f"http://127.0.0.1:{HEALTH_PORT}/readyz") != (200, "ok"):
-        tracked = processes.read(state, NAME)
-        if tracked is None or not tracked.alive():
-            raise cluster.TestbedError(f"{NAME} exited during start-up; see {log_file}:\n{probes.log_tail(log_file)}")
-        if time.monotonic() > deadline:
-            raise cluster.TestbedError(f"{NAME} not ready in time; see {log_file}:\n{probes.log_tail(log_file)}")
-        time.sleep(0.5)
-
-
 def down() -> None:
     """Webhook configuration first (so nothing waits on a stopped manager), then the manager and its cert files."""
     _kubectl("delete", "validatingwebhookconfiguration", WEBHOOK_CONFIGURATION, "--ignore-not-found")
@@ -223,17 +205,7 @@ def down() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m llmtrain_testbed.peers", description=__doc__.splitlines()[0])
-    parser.add_argument("command", choices=["up", "down"])
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="[testbed] %(message)s", stream=sys.stderr)
-    try:
-        up() if args.command == "up" else down()
-    except (cluster.TestbedError, paths.MissingBinary, subprocess.CalledProcessError) as error:
-        detail = getattr(error, "stderr", "") or ""
-        print(f"error: {error} {detail}".strip(), file=sys.stderr)
-        return 1
-    return 0
+    return addons.main("python -m llmtrain_testbed.peers", __doc__.splitlines()[0], up, down, argv)
 
 
 if __name__ == "__main__":
