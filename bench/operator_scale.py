@@ -144,8 +144,8 @@ def bucket_delta(after: dict[float, float], before: dict[float, float]) -> dict[
 
 def bucket_quantile(buckets: dict[float, float], q: float) -> float | None:
     """The q-quantile of cumulative buckets, interpolated linearly inside its bucket (Prometheus'
-    histogram_quantile): an estimate no finer than the buckets. None without observations; the highest finite
-    bound when the quantile falls in the +Inf bucket."""
+    histogram_quantile): an estimate no finer than the buckets. None without observations; inf when the quantile
+    falls in the +Inf bucket (beyond the highest finite bound)."""
     bounds = sorted(buckets)
     total = buckets.get(math.inf, buckets[bounds[-1]] if bounds else 0.0)
     if total <= 0:
@@ -155,10 +155,10 @@ def bucket_quantile(buckets: dict[float, float], q: float) -> float | None:
         count = buckets[bound]
         if count >= rank:
             if math.isinf(bound):
-                return lower
+                return math.inf
             return lower + (bound - lower) * ((rank - below) / (count - below) if count > below else 1.0)
         lower, below = bound, count
-    return lower
+    return math.inf
 
 
 class AnotherOperator(SystemExit):
@@ -322,23 +322,35 @@ def start_operator(plan: Scenario, ns: str, kubeconfig: str, port: int) -> tuple
     return subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT), log
 
 
+def quantile_text(buckets: dict[float, float], q: float) -> float | str | None:
+    """A quantile for the JSON: seconds, or ">N" when it lies beyond the histogram's highest finite bound N."""
+    value = bucket_quantile(buckets, q)
+    if value is None or not math.isinf(value):
+        return None if value is None else round(value, 4)
+    return f">{max(bound for bound in buckets if not math.isinf(bound)):g}"
+
+
+def reconcile_quantiles(before: str, after: str) -> dict[str, Any]:
+    """Reconciles started between two /metrics reads, and their lag and duration p50/p99."""
+    lag = bucket_delta(histogram_buckets(after, LAG), histogram_buckets(before, LAG))
+    duration = bucket_delta(histogram_buckets(after, DURATION), histogram_buckets(before, DURATION))
+    out: dict[str, Any] = {"reconciles": lag.get(math.inf, 0.0)}
+    for q in (0.5, 0.99):
+        for label, buckets in (("lag", lag), ("duration", duration)):
+            out[f"reconcile_{label}_p{round(q * 100)}_s"] = quantile_text(buckets, q)
+    return out
+
+
 def summarize(before: str, after: str, plan: Scenario) -> dict[str, Any]:
     """Writes (per job, with a breakdown) and reconcile lag/duration quantiles between two /metrics reads."""
     base, end = operator_writes(before), operator_writes(after)
     writes = {k: end.get(k, 0) - base.get(k, 0) for k in end}
-    lag = bucket_delta(histogram_buckets(after, LAG), histogram_buckets(before, LAG))
-    duration = bucket_delta(histogram_buckets(after, DURATION), histogram_buckets(before, DURATION))
-    out: dict[str, Any] = {
+    return {
         "writes_per_job": round(writes.get("objects", 0) / plan.jobs, 2),
         "event_writes_per_job": round(writes.get("events", 0) / plan.jobs, 2),
         "write_breakdown": {k: v for k, v in writes.items() if " " in k and v},
-        "reconciles": lag.get(math.inf, 0.0),
+        **reconcile_quantiles(before, after),
     }
-    for q in (0.5, 0.99):
-        for label, buckets in (("lag", lag), ("duration", duration)):
-            value = bucket_quantile(buckets, q)
-            out[f"reconcile_{label}_p{round(q * 100)}_s"] = None if value is None else round(value, 4)
-    return out
 
 
 async def measure(client: KubeClient, kubeconfig: str, plan: Scenario) -> dict[str, Any]:
@@ -357,8 +369,12 @@ async def measure(client: KubeClient, kubeconfig: str, plan: Scenario) -> dict[s
             final = await wait_for_phase(client, ns, name, {"Succeeded", "Failed"}, plan.timeout_s)
             result["final_phase"], result["final_conditions"] = final
             result["life_s"] = round(time.perf_counter() - began, 1)
+        settled, rss_then = scrape(port), rss_mb(proc.pid)
         await asyncio.sleep(plan.settle_s)  # let status writes settle (and, for thousand, the resyncs run)
-        result.update(summarize(before, scrape(port), plan))
+        end = scrape(port)
+        result.update(summarize(before, end, plan))
+        result["settle"] = {"seconds": plan.settle_s, "rss_mb_at_start": rss_then["rss_mb"]}
+        result["settle"].update(reconcile_quantiles(settled, end))  # the steady state: resyncs, late pod events
         if plan.life_s is not None:
             budget = life_write_budget(plan.nodes, result["life_s"])
             result["write_goal"] = f"<= {budget} (nodes + 3 + 1 per started minute)"
@@ -403,7 +419,7 @@ def main() -> int:
     parser.add_argument("--nodes-per-job", type=int, default=4)
     parser.add_argument("--huge-nodes", type=int, default=512)
     parser.add_argument("--thousand-jobs", type=int, default=1000)
-    parser.add_argument("--settle-seconds", type=float, default=30.0, help="thousand: resyncs measured after")
+    parser.add_argument("--settle-seconds", type=float, default=60.0, help="thousand: steady state measured after")
     parser.add_argument("--life-nodes", type=int, default=4)
     parser.add_argument("--life-seconds", type=float, default=120.0, help="life: how long the pods run")
     args = parser.parse_args()

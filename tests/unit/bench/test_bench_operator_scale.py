@@ -80,10 +80,13 @@ def test_quantiles_interpolate_inside_the_bucket_like_histogram_quantile():
     assert scale.bucket_quantile(buckets, 0.99) == pytest.approx(1.0 + 4.0 * 0.9)
 
 
-def test_a_quantile_in_the_inf_bucket_is_the_highest_finite_bound_and_no_samples_is_none():
-    assert scale.bucket_quantile({1.0: 1.0, 5.0: 1.0, math.inf: 10.0}, 0.99) == 5.0
+def test_a_quantile_in_the_inf_bucket_is_beyond_the_highest_finite_bound_and_no_samples_is_none():
+    beyond = {1.0: 1.0, 5.0: 1.0, math.inf: 10.0}
+    assert scale.bucket_quantile(beyond, 0.99) == math.inf
+    assert scale.quantile_text(beyond, 0.99) == ">5"
+    assert scale.quantile_text(beyond, 0.05) == 0.5
     assert scale.bucket_quantile({1.0: 0.0, math.inf: 0.0}, 0.5) is None
-    assert scale.bucket_quantile({}, 0.5) is None
+    assert scale.quantile_text({}, 0.5) is None
 
 
 def test_the_delta_between_two_reads_is_what_the_scenario_added():
