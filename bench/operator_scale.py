@@ -214,6 +214,13 @@ def rss_mb(pid: int) -> dict[str, float]:
     return {"rss_mb": round(get("VmRSS"), 1), "peak_rss_mb": round(get("VmHWM"), 1)}
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU the process has used: set against the wall time, whether the operator (one Python
+    thread) or the control plane it talks to is the bottleneck."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return round((int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"), 2)
+
+
 async def watch_pods(
     client: KubeClient, ns: str, expected: int, seen: dict[str, float], done: asyncio.Event, reconnects: list[int]
 ) -> None:
@@ -360,7 +367,7 @@ async def measure(client: KubeClient, kubeconfig: str, plan: Scenario) -> dict[s
     proc, log = start_operator(plan, ns, kubeconfig, port)
     try:
         await asyncio.sleep(4)  # operator startup (imports, kopf watches)
-        before = scrape(port)
+        before, cpu_before = scrape(port), cpu_seconds(proc.pid)
         jobs = [job(f"{plan.label.replace('_', '-')}-{i}", plan.nodes, plan.life_s) for i in range(plan.jobs)]
         began = time.perf_counter()
         result = await scenario(client, ns, jobs, timeout=plan.timeout_s)
@@ -369,11 +376,13 @@ async def measure(client: KubeClient, kubeconfig: str, plan: Scenario) -> dict[s
             final = await wait_for_phase(client, ns, name, {"Succeeded", "Failed"}, plan.timeout_s)
             result["final_phase"], result["final_conditions"] = final
             result["life_s"] = round(time.perf_counter() - began, 1)
-        settled, rss_then = scrape(port), rss_mb(proc.pid)
+        settled, rss_then, cpu_then = scrape(port), rss_mb(proc.pid), cpu_seconds(proc.pid)
         await asyncio.sleep(plan.settle_s)  # let status writes settle (and, for thousand, the resyncs run)
         end = scrape(port)
         result.update(summarize(before, end, plan))
+        result["operator_cpu_s_until_settled"] = round(cpu_then - cpu_before, 2)
         result["settle"] = {"seconds": plan.settle_s, "rss_mb_at_start": rss_then["rss_mb"]}
+        result["settle"]["operator_cpu_s"] = round(cpu_seconds(proc.pid) - cpu_then, 2)
         result["settle"].update(reconcile_quantiles(settled, end))  # the steady state: resyncs, late pod events
         if plan.life_s is not None:
             budget = life_write_budget(plan.nodes, result["life_s"])
