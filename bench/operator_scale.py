@@ -55,6 +55,23 @@ ANNOTATION_DEV_COMMAND = "llmtrain.dev/dev-command"
 LAG = "llmtrain_operator_reconcile_lag_seconds"
 DURATION = "llmtrain_operator_reconcile_duration_seconds"
 SCENARIOS = ("big", "many", "huge", "thousand", "life")
+DEFAULT_METRICS_PORT = 9090  # spec.metrics.port's default: where the operator reads a job's progress
+# What a running node pod does in place of torchrun: sleep, while serving a step counter (one step a second) on the
+# metrics port as a trainer would, so the operator's resync reads progress that changes (each pod has its own IP).
+RUN_SNIPPET = """import http.server, threading, time
+t0 = time.time()
+class Metrics(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = f"llmtrain_step {{int(time.time() - t0)}}\\nllmtrain_total_steps {{int({seconds})}}\\n".encode()
+        self.send_response(200)
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+server = http.server.ThreadingHTTPServer(("", {port}), Metrics)
+threading.Thread(target=server.serve_forever, daemon=True).start()
+time.sleep({seconds})
+"""
 
 
 def job(name: str, nodes: int, sleep_s: float | None = None) -> dict[str, Any]:
@@ -73,7 +90,7 @@ def job(name: str, nodes: int, sleep_s: float | None = None) -> dict[str, Any]:
         },
     }
     if sleep_s is not None:
-        command = ["python", "-c", f"import time; time.sleep({sleep_s})"]
+        command = ["python", "-c", RUN_SNIPPET.format(seconds=sleep_s, port=DEFAULT_METRICS_PORT)]
         manifest["metadata"]["annotations"] = {ANNOTATION_DEV_COMMAND: json.dumps(command)}
         manifest["spec"].pop("scheduling")
         manifest["spec"]["precision"] = "fp32"
@@ -397,6 +414,18 @@ async def measure(client: KubeClient, kubeconfig: str, plan: Scenario) -> dict[s
         kubectl("delete", "namespace", ns, "--wait=false", kubeconfig=kubeconfig)
 
 
+def wait_established(kubeconfig: str, attempts: int = 10) -> None:
+    """`kubectl wait` for the CRD, again while it answers NotFound (a test bed just brought up can lag the apply)."""
+    for attempt in range(attempts):
+        try:
+            kubectl("wait", "--for=condition=Established", "crd/llmtrainingjobs.llmtrain.dev", kubeconfig=kubeconfig)
+            return
+        except subprocess.CalledProcessError:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(2)
+
+
 async def run(kubeconfig: str, plans: list[Scenario]) -> dict[str, Any]:
     kubectl(
         "apply",
@@ -406,7 +435,7 @@ async def run(kubeconfig: str, plans: list[Scenario]) -> dict[str, Any]:
         str(REPO / "crds/llmtrain.dev_llmtrainingjobs.yaml"),
         kubeconfig=kubeconfig,
     )
-    kubectl("wait", "--for=condition=Established", "crd/llmtrainingjobs.llmtrain.dev", kubeconfig=kubeconfig)
+    wait_established(kubeconfig)
     results: dict[str, Any] = {"benchmark": "operator_scale", "cpus": os.cpu_count(), "load_avg": os.getloadavg()}
     info = kopf.login_with_kubeconfig(logger=logging.getLogger("bench"), settings=kopf.OperatorSettings())
     client = KubeClient(info, timeout=300)
