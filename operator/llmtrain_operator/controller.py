@@ -123,6 +123,7 @@ class JobSlot:
     scrape_failures: int = 0  # unreachable reads in a row
     next_scrape_at: float = 0.0  # loop time before which the job's metrics are not read (back-off)
     status_written_at: float | None = None  # monotonic time of the last status write (routine writes wait)
+    triggered_at: float | None = None  # monotonic time of the first trigger the next reconcile serves (lag metric)
 
 
 @dataclass
@@ -156,7 +157,8 @@ class Controller:
         self.leading = leading
         metrics.LEADER.set(1 if leading else 0)
         if leading:
-            for key in list(self.slots):
+            for key, slot in list(self.slots.items()):
+                slot.triggered_at = None  # time spent standing by is not reconcile lag
                 self.spawn(key)
 
     # -- triggering ---------------------------------------------------------------------------------------------
@@ -164,12 +166,16 @@ class Controller:
         """Reconcile `key` now, or right after the reconcile already running for it."""
         slot = self.slots.setdefault(key, JobSlot())
         slot.dirty = True
-        if slot.running or not self.leading:
+        if not self.leading:
+            return
+        _mark_triggered(slot)
+        if slot.running:
             return
         slot.running = True
         try:
             while slot.dirty:
                 slot.dirty = False
+                _observe_lag(slot)
                 await self._reconcile_once(key, slot)
         finally:
             slot.running = False
@@ -187,7 +193,10 @@ class Controller:
         slot.requeue = loop.call_at(due, self.spawn, key)
 
     def spawn(self, key: Key) -> None:
-        """Trigger `key` in a background task."""
+        """Trigger `key` in a background task (the lag clock starts now, not when the task gets to run)."""
+        slot = self.slots.get(key)
+        if slot is not None and self.leading:
+            _mark_triggered(slot)
         self._keep(asyncio.ensure_future(self.trigger(key)))
 
     def _keep(self, task: asyncio.Future[None]) -> None:
@@ -513,6 +522,20 @@ class Controller:
         except MetricsUnreachable as error:
             return error
         return (pod.name, sample) if sample is not None else None
+
+
+def _mark_triggered(slot: JobSlot) -> None:
+    """Start the lag clock at the first trigger since the job's last reconcile began; later ones coalesce into it."""
+    if slot.triggered_at is None:
+        slot.triggered_at = time.monotonic()
+
+
+def _observe_lag(slot: JobSlot) -> None:
+    """A reconcile starts: record how long its first trigger waited. Re-runs the controller asks for itself (a
+    status conflict, a rejected create) have no trigger and are not counted."""
+    if slot.triggered_at is not None:
+        metrics.RECONCILE_LAG.observe(time.monotonic() - slot.triggered_at)
+        slot.triggered_at = None
 
 
 def is_rejection(result: object) -> bool:

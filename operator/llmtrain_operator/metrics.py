@@ -19,6 +19,12 @@ RECONCILE_SECONDS = Histogram(
     "Time to reconcile one job (read, decide, apply).",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
+RECONCILE_LAG = Histogram(
+    "llmtrain_operator_reconcile_lag_seconds",
+    "Time from the first trigger of a job (a job or pod event, a requeue, the resync) not yet served to the start of "
+    "the reconcile that serves it: waiting behind that job's running reconcile and for the event loop.",
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
 ERROR_STAGES = ("observe", "decide", "apply", "progress", "background")
 RECONCILE_ERRORS = Counter(
     "llmtrain_operator_reconcile_errors_total",

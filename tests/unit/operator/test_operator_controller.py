@@ -283,6 +283,56 @@ def test_a_burst_of_triggers_during_a_reconcile_is_coalesced_into_one_follow_up(
     assert len(decisions) == 2 and kube.job_reads == 2
 
 
+def lag_samples() -> tuple[float, float]:
+    """(count, sum) of the reconcile lag histogram so far (the registry is process-wide: tests read deltas)."""
+    count = REGISTRY.get_sample_value("llmtrain_operator_reconcile_lag_seconds_count") or 0.0
+    return count, REGISTRY.get_sample_value("llmtrain_operator_reconcile_lag_seconds_sum") or 0.0
+
+
+def test_reconcile_lag_is_the_wait_of_the_first_coalesced_trigger_behind_the_running_reconcile():
+    kube = FakeKube()
+    kube.add_job()
+    kube.get_gate = asyncio.Event()
+    before = lag_samples()
+
+    async def scenario() -> None:
+        controller = make_controller(kube, decide=unchanged_decide)
+        first = asyncio.ensure_future(controller.trigger(KEY))
+        await until(lambda: kube.job_reads == 1)
+        await controller.trigger(KEY)  # waits behind the running reconcile...
+        await asyncio.sleep(0.2)
+        await controller.trigger(KEY)  # ...and this one coalesces into it: one follow-up, one lag sample
+        kube.get_gate.set()
+        await first
+
+    run(scenario)
+    count, total = (after - base for after, base in zip(lag_samples(), before, strict=True))
+    assert count == 2  # the first reconcile (started at once) and the follow-up
+    assert 0.2 <= total < 5  # the follow-up waited from the first trigger behind the gate, not from the last
+
+
+def test_a_standby_counts_no_lag_for_the_time_it_stood_by():
+    kube = FakeKube()
+    kube.add_job()
+    before = lag_samples()
+
+    async def scenario() -> None:
+        controller = make_controller(kube, decide=unchanged_decide)
+        controller.leading = False
+        await controller.trigger(KEY)
+        await asyncio.sleep(0.2)
+        controller.set_leading(True)
+        await until(lambda: kube.job_reads == 1)
+
+    run(scenario)
+    count, total = (after - base for after, base in zip(lag_samples(), before, strict=True))
+    assert count == 1 and total < 0.2
+
+
+def unchanged_decide(job_view: JobView, *_: Any) -> Decision:
+    return unchanged(job_view)
+
+
 def test_a_requeue_reconciles_the_job_again_when_due():
     kube = FakeKube()
     kube.add_job(status={"phase": "Pending"})
