@@ -93,9 +93,10 @@ def test_one_replica_leads_through_a_lease_and_the_other_stands_by(cluster, rele
     if not cluster.is_testbed:
         return
     for pod in _operator_pods(cluster, name, namespace):
-        _, metrics = _get(f"http://{pod.status.pod_ip}:8080/metrics")
         leading = pod.metadata.name == leader.metadata.name
-        assert f"llmtrain_operator_leader {1.0 if leading else 0.0}" in metrics
+        gauge = f"llmtrain_operator_leader {1.0 if leading else 0.0}"
+        url = f"http://{pod.status.pod_ip}:8080/metrics"  # served a moment after the pod turns Running
+        wait_for(lambda url=url, gauge=gauge: gauge in _get(url)[1], timeout=60, what=gauge, ignoring=(OSError,))
 
 
 def test_installed_operator_answers_healthz_and_metrics(cluster, release):
