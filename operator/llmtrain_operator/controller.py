@@ -35,7 +35,7 @@ from typing import Any, Protocol
 from llmtrain_contract.metrics import DEFAULT_METRICS_PORT
 
 from . import metrics
-from .api import TERMINAL_PHASES, Progress, RunPolicy
+from .api import TERMINAL_PHASES, Progress
 from .constants import GROUP, KIND, VERSION, config_map_name, service_name
 from .expectations import Expectations
 from .gang import POD_GROUP_API_VERSION
@@ -52,6 +52,7 @@ from .reconcile import (
     Observed,
     OperatorSettings,
     reconcile,
+    run_policy_of,
 )
 from .reconcile import (
     MetricsUnreachable as Unreadable,
@@ -360,8 +361,7 @@ class Controller:
             return patch
         if not routine_only(decision.old_status, decision.status):
             return patch
-        raw = (job.spec.get("runPolicy") or {}).get("stallTimeoutSeconds")
-        stall = float(raw) if isinstance(raw, int | float) else float(RunPolicy().stall_timeout_seconds)
+        stall = run_policy_of(job.spec).stall_timeout_seconds
         interval = status_interval(self.status_interval_seconds, stall)
         wait = routine_write_wait(slot.status_written_at, time.monotonic(), interval)
         if wait <= 0:

@@ -387,7 +387,8 @@ def finish_job(ctx: ReconcileContext, policy: RunPolicy) -> Decision:
     return ctx.finish()
 
 
-def _run_policy(raw_spec: dict[str, Any]) -> RunPolicy:
+def run_policy_of(raw_spec: dict[str, Any]) -> RunPolicy:
+    """spec.runPolicy with its defaults (the defaults alone when it does not validate)."""
     try:
         return RunPolicy.model_validate(raw_spec.get("runPolicy") or {})
     except ValidationError:
@@ -433,7 +434,7 @@ def terminal_policy(ctx: ReconcileContext) -> Decision | None:
     """A finished job stays finished: later pod failures and spec edits are ignored; pods are cleaned, TTL runs."""
     if ctx.status.phase not in TERMINAL_PHASES:
         return None
-    return finish_job(ctx, _run_policy(ctx.job.spec))
+    return finish_job(ctx, run_policy_of(ctx.job.spec))
 
 
 def spec_validation_policy(ctx: ReconcileContext) -> Decision | None:
@@ -443,7 +444,7 @@ def spec_validation_policy(ctx: ReconcileContext) -> Decision | None:
         errors = validate_spec(spec)
     if errors or spec is None:
         message = "; ".join(str(error) for error in errors)
-        return fail_job(ctx, "InvalidSpec", f"invalid spec: {message}", _run_policy(ctx.job.spec), stop_pods=True)
+        return fail_job(ctx, "InvalidSpec", f"invalid spec: {message}", run_policy_of(ctx.job.spec), stop_pods=True)
     try:
         command = _dev_command(ctx.job, ctx.settings)
     except (ValueError, json.JSONDecodeError) as error:
