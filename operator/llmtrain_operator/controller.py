@@ -2,6 +2,8 @@
 
 * A trigger (a job event, a pod event, a requeue, the resync) asks for a reconcile of one job; triggers that arrive
   while one runs are coalesced into a single follow-up run (a 64-pod gang emits hundreds of pod events).
+* The job itself comes from a cache of its newest body (from the watch, our status writes and GETs: job_cache.py),
+  not a GET per reconcile. A stale body costs a conflict on the conditional status write, then a GET.
 * Node pods come from an index (kopf's, keyed by (namespace, job name)) of PodViews, so a reconcile lists nothing.
   GPU nodes come from another (node name -> GpuNode): the memory one GPU of the job's pods would get, for the
   admission-time memory preflight.
@@ -27,6 +29,7 @@ import logging
 import os
 import socket
 import time
+import zlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -40,6 +43,7 @@ from .constants import GROUP, KIND, VERSION, config_map_name, service_name
 from .expectations import Expectations
 from .gang import POD_GROUP_API_VERSION
 from .gpu_nodes import GpuNode, gpu_memory_bytes
+from .job_cache import CachedJob
 from .kubeapi import ApiError, gather_limited
 from .leader import LeaderElector
 from .observe import PodView, controller_uid, pod_view
@@ -57,7 +61,7 @@ from .reconcile import (
 from .reconcile import (
     MetricsUnreachable as Unreadable,
 )
-from .status_writes import routine_only, routine_write_wait, status_interval
+from .status_writes import WriteBudget, routine_only, status_interval
 from .timestamps import rfc3339
 
 log = logging.getLogger("llmtrain_operator")
@@ -71,6 +75,7 @@ CONFLICT_PAUSE_SECONDS = 0.05  # before re-reading a job whose status write lost
 WRITE_CONCURRENCY = 64  # creates or deletes in flight per job
 SCRAPE_TIMEOUT_SECONDS = 2.0  # per metrics read: a dead endpoint must not hold the resync up
 SCRAPE_CONCURRENCY = 32  # metrics reads in flight across all jobs
+SAFETY_ROUNDS = 10  # a job that is not Running is re-examined by every SAFETY_ROUNDS-th resync (resync_due)
 
 
 class KubeApi(Protocol):
@@ -123,8 +128,9 @@ class JobSlot:
     metrics_unreachable: Unreadable | None = None  # why reads of the job's metrics fail, and since when
     scrape_failures: int = 0  # unreachable reads in a row
     next_scrape_at: float = 0.0  # loop time before which the job's metrics are not read (back-off)
-    status_written_at: float | None = None  # monotonic time of the last status write (routine writes wait)
+    status_budget: WriteBudget = field(default_factory=WriteBudget)  # status writes left (routine ones wait)
     triggered_at: float | None = None  # monotonic time of the first trigger the next reconcile serves (lag metric)
+    cached: CachedJob = field(default_factory=CachedJob)  # the job's latest body, from the watch or our writes
 
 
 @dataclass
@@ -146,6 +152,7 @@ class Controller:
     leading: bool = True
     _background: set[asyncio.Future[None]] = field(default_factory=set)
     discovered: bool = False  # what the API server serves (PodGroups) was looked up
+    resync_round: int = 0
 
     def __post_init__(self) -> None:
         if self.elector is not None:
@@ -205,6 +212,10 @@ class Controller:
         task.add_done_callback(self._background.discard)
         task.add_done_callback(_report_crash)
 
+    def watched(self, key: Key, body: Mapping[str, Any]) -> None:
+        """A watch event's body of the job: the next reconcile starts from it, unless it knows a newer one."""
+        self.slots.setdefault(key, JobSlot()).cached.offer(body)
+
     def forget(self, key: Key) -> None:
         slot = self.slots.pop(key, None)
         if slot and slot.requeue:
@@ -219,10 +230,13 @@ class Controller:
         assert self.client is not None
         started, stage = time.perf_counter(), "observe"
         try:
-            body = await self.client.get(KIND, *key)
+            body = slot.cached.body
             if body is None:
-                self.forget(key)
-                return
+                body = await self.client.get(KIND, *key)
+                if body is None:
+                    self.forget(key)
+                    return
+                slot.cached.offer(body)
             job = JobView.from_body(body)
             await self._discover()
             slot.metrics_port = int((job.spec.get("metrics") or {}).get("port") or DEFAULT_METRICS_PORT)
@@ -241,6 +255,7 @@ class Controller:
             if decision.requeue_after is not None:
                 self.schedule(key, slot, decision.requeue_after)
         except Exception:
+            slot.cached.invalidate()  # start the retry from the API server's view
             metrics.RECONCILE_ERRORS.labels(stage).inc()
             log.exception("reconcile of job %s/%s failed (%s); retrying", *key, stage)
             self.schedule(key, slot, ERROR_RETRY_SECONDS)
@@ -331,10 +346,13 @@ class Controller:
         patch = self._status_patch_now(job, slot, decision)
         if patch:
             resource_version = body.get("metadata", {}).get("resourceVersion")
-            if await self.client.patch_job_status(job.namespace, job.name, patch, resource_version) is None:
+            written = await self.client.patch_job_status(job.namespace, job.name, patch, resource_version)
+            if written is None:
                 log.info("job %s/%s: status changed under us; reconciling again", job.namespace, job.name)
+                slot.cached.invalidate()
                 return False
-            slot.status_written_at = time.monotonic()
+            slot.cached.offer(written)
+            slot.status_budget = slot.status_budget.spend(time.monotonic(), self._status_interval(job))
         self._record_transition(job, slot, decision)
         await self._delete_children(job, slot, decision, now)
         for manifest in decision.updates:  # before the pods that mount it are created
@@ -361,13 +379,14 @@ class Controller:
             return patch
         if not routine_only(decision.old_status, decision.status):
             return patch
-        stall = run_policy_of(job.spec).stall_timeout_seconds
-        interval = status_interval(self.status_interval_seconds, stall)
-        wait = routine_write_wait(slot.status_written_at, time.monotonic(), interval)
+        wait = slot.status_budget.routine_wait(time.monotonic(), self._status_interval(job))
         if wait <= 0:
             return patch
         decision.requeue(wait)
         return None
+
+    def _status_interval(self, job: JobView) -> float:
+        return status_interval(self.status_interval_seconds, run_policy_of(job.spec).stall_timeout_seconds)
 
     def _record_transition(self, job: JobView, slot: JobSlot, decision: Decision) -> None:
         old_phase, new_phase = job.status.get("phase"), decision.phase
@@ -467,12 +486,13 @@ class Controller:
             await self.resync()
 
     async def resync(self) -> None:
-        """Sample the training progress of every unfinished job (concurrently, each read bounded by a short
-        timeout, unreachable endpoints backed off per job), then re-trigger those jobs. Finished jobs are left
-        out: their pod events and TTL requeue are all they still need."""
+        """Sample the training progress of the jobs due (resync_due: the Running ones, and a slice of the other
+        unfinished ones) concurrently, each read bounded by a short timeout, unreachable endpoints backed off per
+        job; then re-trigger them."""
         if not self.leading:
             return
-        keys = [key for key, slot in self.slots.items() if slot.phase not in TERMINAL_PHASES]
+        self.resync_round += 1
+        keys = resync_due(self.slots, self.resync_round)
         results = await gather_limited([self._sample_progress(key) for key in keys], limit=SCRAPE_CONCURRENCY)
         for key, result in zip(keys, results, strict=True):
             if isinstance(result, Exception):
@@ -522,6 +542,23 @@ class Controller:
         except MetricsUnreachable as error:
             return error
         return (pod.name, sample) if sample is not None else None
+
+
+def resync_due(slots: Mapping[Key, JobSlot], round_number: int) -> list[Key]:
+    """The jobs a resync reconciles: every Running one (its progress is read, stalls are judged), every one never
+    reconciled yet, and a 1/SAFETY_ROUNDS slice of the other unfinished ones, so that each of those is still looked
+    at once every SAFETY_ROUNDS resyncs. Their time-based needs (deadlines, startup timeout, retries, routine status
+    writes) are requeued by reconcile itself and their changes arrive as watch events: the slice is a safety net,
+    and at 1,000 Pending jobs re-triggering them all every resync was most of the operator's load. Finished jobs
+    are left out: their pod events and TTL requeue are all they still need."""
+    slice_now = round_number % SAFETY_ROUNDS
+    due = []
+    for key, slot in slots.items():
+        if slot.phase in TERMINAL_PHASES:
+            continue
+        if slot.phase in (None, "Running") or zlib.crc32("/".join(key).encode()) % SAFETY_ROUNDS == slice_now:
+            due.append(key)
+    return due
 
 
 def _mark_triggered(slot: JobSlot) -> None:

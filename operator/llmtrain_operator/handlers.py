@@ -1,12 +1,14 @@
 """kopf wiring: registers the handlers that drive a controller.Controller. No policy and no runtime logic here.
 
-* LLMTrainingJob events and node-pod events both just *trigger* a reconcile of the job (the Controller coalesces).
+* LLMTrainingJob events and node-pod events both just *trigger* a reconcile of the job (the Controller coalesces);
+  a job event also hands over the job's body, so the reconcile needs no GET.
 * Node pods are kept in a kopf index (label llmtrain.dev/job-name) as PodViews, keyed by the job that controls
   them (its ownerReference: the label holds a shortened name for jobs named longer than 63), so a reconcile lists
   nothing.
 * GPU nodes are kept in a second index (node name -> GpuNode: labels, allocatable GPUs, nvidia.com/gpu.memory) for
   the admission-time memory preflight, and nodes that stopped reporting in a third (pods there are never confirmed
   deleted); a node event triggers nothing.
+* The index functions are coroutines: kopf runs a plain function in a worker thread, a hop per pod event.
 * Startup starts the Controller's resync loop; login gives it its Kubernetes client.
 """
 
@@ -83,11 +85,11 @@ def register(registry: kopf.OperatorRegistry, controller: Controller) -> None:
         return info
 
     @kopf.index("pods", labels={LABEL_JOB: kopf.PRESENT}, registry=registry, id="node_pods")
-    def node_pods(body: kopf.Body, namespace: str, labels: kopf.Labels, **_: Any) -> dict[Key, PodView]:
+    async def node_pods(body: kopf.Body, namespace: str, labels: kopf.Labels, **_: Any) -> dict[Key, PodView]:
         return {(namespace, owning_job(dict(body)) or labels[LABEL_JOB]): pod_view(dict(body))}
 
     @kopf.index("nodes", registry=registry, id="gpu_nodes")
-    def gpu_nodes(body: kopf.Body, **_: Any) -> dict[str, GpuNode]:
+    async def gpu_nodes(body: kopf.Body, **_: Any) -> dict[str, GpuNode]:
         node = gpu_node(dict(body))
         return {node.name: node} if node is not None else {}  # {}, not None: a node that lost its GPUs drops out
 
@@ -97,15 +99,16 @@ def register(registry: kopf.OperatorRegistry, controller: Controller) -> None:
         controller.unreachable_index = kwargs["unreachable_nodes"]
 
     @kopf.index("nodes", registry=registry, id="unreachable_nodes")
-    def unreachable_nodes(body: kopf.Body, name: str, **_: Any) -> dict[str, bool]:
+    async def unreachable_nodes(body: kopf.Body, name: str, **_: Any) -> dict[str, bool]:
         return {name: True} if node_unreachable(dict(body)) else {}
 
     @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry, id="job_event")
-    async def job_event(type: str, namespace: str, name: str, **indices: Any) -> None:
+    async def job_event(type: str, body: kopf.Body, namespace: str, name: str, **indices: Any) -> None:
         adopt_indices(indices)
         if type == "DELETED":
             controller.forget((namespace, name))
             return
+        controller.watched((namespace, name), body)
         await controller.trigger((namespace, name))
 
     @kopf.on.event("pods", labels={LABEL_JOB: kopf.PRESENT}, registry=registry, id="pod_event")

@@ -195,7 +195,7 @@ def test_a_new_job_gets_its_status_then_its_children_then_its_events():
     assert [event["reason"] for event in kube.events] == ["Created"]
 
 
-def test_routine_status_changes_wait_for_the_status_interval_and_transitions_do_not():
+def test_routine_status_changes_wait_for_the_write_budget_and_transitions_do_not():
     kube = FakeKube()
     kube.add_job()
     pending = [PodView(name=f"demo-node-{r}", rank=r, attempt=0, phase="Pending", owner_uid=UID) for r in (0, 1)]
@@ -212,7 +212,8 @@ def test_routine_status_changes_wait_for_the_status_interval_and_transitions_do_
         controller.pods_index = {KEY: both_wait}
         await controller.trigger(KEY)  # only Queued's wording changes ("2 of 2 waiting"): it waits
         assert next(c for c in kube.job()["status"]["conditions"] if c["type"] == "Queued") == queued
-        assert 59 < controller.slots[KEY].requeue_at - asyncio.get_running_loop().time() <= 60
+        # two transitions in a row spent this interval's write and borrowed the next one: two intervals
+        assert 119 < controller.slots[KEY].requeue_at - asyncio.get_running_loop().time() <= 120
         controller.pods_index = {KEY: [replace(pod, phase="Running", ready=True) for pod in pending]}
         await controller.trigger(KEY)  # Running: a transition, written at once
 
@@ -280,7 +281,7 @@ def test_a_burst_of_triggers_during_a_reconcile_is_coalesced_into_one_follow_up(
         await first
 
     run(scenario)
-    assert len(decisions) == 2 and kube.job_reads == 2
+    assert len(decisions) == 2 and kube.job_reads == 1  # the follow-up starts from the body our write returned
 
 
 def lag_samples() -> tuple[float, float]:
@@ -778,3 +779,78 @@ def test_resync_leaves_finished_jobs_alone(monkeypatch):
 
     run(scenario)
     assert calls == [] and kube.job_reads == 0
+
+
+# ----- resync: which jobs --------------------------------------------------------------------------------------------
+
+
+def test_resync_reconciles_running_and_new_jobs_every_round_and_each_other_unfinished_job_once_per_safety_rounds():
+    slots = {("ns", f"job-{i}"): controller_module.JobSlot(phase="Pending") for i in range(50)}
+    slots[("ns", "running")] = controller_module.JobSlot(phase="Running")
+    slots[("ns", "new")] = controller_module.JobSlot(phase=None)
+    slots[("ns", "done")] = controller_module.JobSlot(phase="Succeeded")
+    rounds = controller_module.SAFETY_ROUNDS
+    due = [controller_module.resync_due(slots, round_number) for round_number in range(rounds)]
+    assert all(("ns", "running") in keys and ("ns", "new") in keys for keys in due)
+    assert not any(("ns", "done") in keys for keys in due)
+    pending = [[key for key in keys if key[1].startswith("job-")] for keys in due]
+    assert sorted(key for keys in pending for key in keys) == sorted(k for k in slots if k[1].startswith("job-"))
+    assert max(len(keys) for keys in pending) < 50  # never all of them in one resync
+
+
+def test_a_job_is_reconciled_from_its_watched_body_without_a_get():
+    kube = FakeKube()
+    kube.add_job()
+    calls: list[tuple[Any, ...]] = []
+
+    async def scenario() -> None:
+        controller = make_controller(kube, decide=recording(calls))
+        controller.watched(KEY, kube.job())
+        await controller.trigger(KEY)
+
+    run(scenario)
+    assert len(calls) == 1 and kube.job_reads == 0
+
+
+def test_after_its_own_status_write_the_controller_reconciles_from_the_written_body_not_an_older_watched_one():
+    kube = FakeKube()
+    kube.add_job()
+    older = copy.deepcopy(kube.job())
+    seen: list[JobView] = []
+
+    def decide(job: JobView, *args: Any) -> Decision:
+        seen.append(job)
+        return reconcile(job, *args)
+
+    async def scenario() -> None:
+        controller = make_controller(kube, decide=decide)
+        controller.watched(KEY, older)
+        await controller.trigger(KEY)  # writes status (resourceVersion 1 -> 2)
+        controller.watched(KEY, older)  # the watch still catching up: version 1
+        await controller.trigger(KEY)
+
+    run(scenario)
+    assert kube.job_reads == 0
+    assert seen[0].status == {} and seen[1].status["phase"] == "Pending"
+
+
+def test_a_stale_cached_body_costs_one_conflict_then_a_fresh_read():
+    kube = FakeKube()
+    kube.add_job()
+    stale = copy.deepcopy(kube.job())
+    kube.job()["metadata"]["resourceVersion"] = "7"  # someone wrote since; the watch has not shown it yet
+    calls: list[tuple[Any, ...]] = []
+    real = reconcile
+
+    def decide(*args: Any) -> Decision:
+        calls.append(args)
+        return real(*args)
+
+    async def scenario() -> None:
+        controller = make_controller(kube, decide=decide)
+        controller.watched(KEY, stale)
+        await controller.trigger(KEY)
+
+    run(scenario)
+    assert kube.job_reads == 1 and len(calls) == 2  # decided on the stale body, conflicted, read, decided again
+    assert kube.job()["status"]["phase"] == "Pending"
