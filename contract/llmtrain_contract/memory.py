@@ -498,7 +498,7 @@ def config_from_spec(
         world_size=nodes * procs_per_node,
         procs_per_node=procs_per_node,
         data_parallel=parallelism.data_parallel,
-        sharding=parallelism.sharding,
+        sharding=parallelism.effective_sharding,
         tensor_parallel=parallelism.tensor_parallel,
         precision=precision,
         micro_batch_size=training.micro_batch_size,

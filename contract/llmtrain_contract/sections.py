@@ -25,6 +25,8 @@ from .rules import (
 )
 
 Precision = Literal["bf16", "fp16", "fp32"]
+Sharding = Literal["zero2", "zero3", "hybrid"]
+DEFAULT_SHARDING: Sharding = "zero3"  # what an unset parallelism.sharding means outside the operator
 
 
 class Section(BaseModel):
@@ -138,10 +140,14 @@ class ParallelismSection(Section):
     data_parallel: Literal["ddp", "fsdp"] = Field(
         "fsdp", description="Data parallelism: ddp replicates the model, fsdp shards it (FSDP2)."
     )
-    sharding: Literal["zero2", "zero3", "hybrid"] = Field(
-        "zero3",
-        description="FSDP sharding: zero2 keeps parameters after forward, zero3 reshards them, hybrid shards within "
-        "a node and replicates across nodes. Ignored for ddp.",
+    sharding: Sharding | None = Field(
+        None,
+        description="FSDP sharding: zero2 keeps parameters after forward (no re-all-gather in backward: faster, more "
+        "memory), zero3 reshards them, hybrid shards within a node and replicates across nodes. Unset: the operator "
+        "chooses at admission: zero2 when the job's GPU nodes declare their memory (label nvidia.com/gpu.memory) "
+        "and the zero2 estimate plus the estimator's 15% margin fits it, else zero3; the choice is recorded in "
+        "status.sharding and pinned from the job's first pods on. A trainer run outside the operator treats unset "
+        "as zero3. Ignored for ddp.",
     )
     tensor_parallel: int = Field(
         1, ge=1, description="Tensor-parallel degree within a node; must divide procsPerNode and model.heads."
@@ -149,6 +155,17 @@ class ParallelismSection(Section):
     loss_parallel: bool = Field(
         True, description="With tensorParallel > 1, compute the loss on vocabulary-sharded logits (no gather)."
     )
+
+    @property
+    def effective_sharding(self) -> Sharding:
+        """The sharding the trainer runs: unset means zero3. The operator renders its pinned choice into the
+        config, so unset reaches only a trainer run outside it; every rank reads the same config, never choosing
+        by itself (ranks that disagreed would hang in collectives)."""
+        return self.sharding or DEFAULT_SHARDING
+
+    def with_sharding(self, sharding: Sharding | None) -> ParallelismSection:
+        """This section with `sharding` set (the operator's resolved choice)."""
+        return self.model_copy(update={"sharding": sharding})
 
 
 class OptimizerSection(Section):

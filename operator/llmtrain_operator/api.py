@@ -21,6 +21,7 @@ from llmtrain_contract.sections import (
     ParallelismSection,
     Precision,
     ScheduleSection,
+    Sharding,
     TrainingSection,
 )
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -432,6 +433,13 @@ class LLMTrainingJobStatus(_Model):
     nodes: int | None = Field(None, description="Node pods of the current attempt (spec.nodes when it started).")
     procs_per_node: int | None = Field(None, description="Processes per node pod of the current attempt.")
     gang: str | None = Field(None, description="How the gang is placed: native, kueue or none (spec.scheduling.gang).")
+    sharding: Sharding | None = Field(
+        None,
+        description="The FSDP sharding the trainer runs (zero2, zero3 or hybrid): parallelism.sharding when set, "
+        "else the operator's choice at admission (zero2 when its estimate fits the nodes' declared GPU memory with "
+        "the estimator's 15% margin, else zero3), pinned from the job's first pods on: a node label that changes "
+        "later never flips it. Absent for ddp and custom-trainer jobs.",
+    )
     start_time: str | None = Field(
         None,
         description="When the current run of pods was started (RFC 3339).",

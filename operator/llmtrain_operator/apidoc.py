@@ -113,7 +113,7 @@ def render() -> str:
         "",
         "## Printer columns",
         "",
-        "`kubectl get ltj` shows " + ", ".join(c["name"] for c in version["additionalPrinterColumns"]) + ".",
+        _printer_columns(version["additionalPrinterColumns"]),
         "",
         "## Operator RBAC",
         "",
@@ -136,6 +136,13 @@ def render() -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _printer_columns(columns: list[dict[str, Any]]) -> str:
+    """The columns `kubectl get ltj` shows, and those only `-o wide` adds (priority > 0)."""
+    line = "`kubectl get ltj` shows " + ", ".join(c["name"] for c in columns if not c.get("priority")) + "."
+    wide = [c["name"] for c in columns if c.get("priority")]
+    return line + (f" `-o wide` adds {', '.join(wide)}." if wide else "")
 
 
 def main(argv: list[str] | None = None) -> int:

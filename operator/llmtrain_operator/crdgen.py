@@ -141,6 +141,13 @@ PRINTER_COLUMNS = [
         "description": "Training tokens per second.",
     },
     {"name": "Restarts", "type": "integer", "jsonPath": ".status.restarts", "description": "Gang restarts."},
+    {
+        "name": "Sharding",
+        "type": "string",
+        "jsonPath": ".status.sharding",
+        "description": "FSDP sharding the trainer runs (the operator's choice when spec.parallelism leaves it unset).",
+        "priority": 1,  # kubectl get -o wide
+    },
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
 ]
 

@@ -5,13 +5,17 @@ controller reads it from the nodes the pods may land on (label `nvidia.com/gpu.m
 discovery; see gpu_nodes.py) and reconcile's spec_validation_policy calls `preflight` before the job's first pods.
 The estimate is validated to within 15% of measured peaks, so a job is refused only when even 85% of the estimate
 exceeds the GPU ("cannot fit"); above the budget but within that margin it only warns ("may not fit").
+
+`choose_sharding` picks an unset parallelism.sharding the other way round: zero2 (faster: no re-all-gather of
+parameters in backward) only when its estimate fits even if it is 15% low, else zero3.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from llmtrain_contract.memory import MemoryEstimate, config_from_spec, explain, suggest_fit
+from llmtrain_contract.sections import Sharding
 
 from .api import LLMTrainingJobSpec, MemoryEstimateStatus
 from .validate import FieldError, gpu_count, procs_per_node
@@ -34,6 +38,26 @@ def _config(spec: LLMTrainingJobSpec):
         nodes=spec.nodes,
         procs_per_node=procs_per_node(spec),
     )
+
+
+def choose_sharding(spec: LLMTrainingJobSpec, gpu_memory_bytes: int | None) -> Sharding:
+    """The sharding for an fsdp job that leaves it unset, chosen at admission (reconcile pins it once the first pods
+    exist): zero2 when the job's pods get GPUs of a declared memory and the zero2 estimate fits it with the
+    estimator's margin (estimate x (1 + TOLERANCE) <= GPU memory), else zero3. zero3 too whenever the estimate
+    cannot be trusted that far: a CPU job, a custom script, a model.init shape, an unknown vocabulary (a lower
+    bound), no declared memory."""
+    if (
+        gpu_memory_bytes is None
+        or gpu_count(spec) < 1
+        or spec.custom
+        or spec.model.shape_on_volume
+        or spec.parallelism.data_parallel != "fsdp"
+    ):
+        return "zero3"
+    zero2 = replace(_config(spec), sharding="zero2").estimate()
+    if zero2.lower_bound or zero2.total * (1 + TOLERANCE) > gpu_memory_bytes:
+        return "zero3"
+    return "zero2"
 
 
 def memory_errors(spec: LLMTrainingJobSpec, gpu_memory_bytes: int) -> list[FieldError]:

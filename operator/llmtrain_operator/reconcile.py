@@ -11,8 +11,10 @@ the job's state for this round returns the Decision, later ones never see it:
     lost_node_policy         terminating pods on a node that stopped reporting, or 30 s past their deadline: deleted
                              with no grace, with a NodeLost Warning; hands on (every job, any phase)
     terminal_policy          a Failed/Succeeded job: cleanPodPolicy, then ttlSecondsAfterFinished
-    spec_validation_policy   an invalid spec (or dev-command annotation) fails the job with InvalidSpec; before the
-                             first pods, one whose estimated GPU memory cannot fit its nodes' GPUs with WillNotFit
+    spec_validation_policy   an invalid spec (or dev-command annotation) fails the job with InvalidSpec; an unset
+                             FSDP sharding is resolved (zero2 where it fits, else zero3; pinned in status.sharding
+                             once pods exist); before the first pods, one whose estimated GPU memory cannot fit its
+                             nodes' GPUs with WillNotFit
     gang_policy              how the gang is placed (native PodGroup, Kueue pod group, none): status.gang
     namesake_policy          wait while a deleted job of the same name still holds the config or Service name
     create_failure_policy    a create the API server rejected -> Created=False/CreateFailed + Warning; creates pause
@@ -45,6 +47,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from llmtrain_contract.exit_codes import parse_termination_record
+from llmtrain_contract.sections import DEFAULT_SHARDING
 from pydantic import ValidationError
 
 from .api import (
@@ -59,7 +62,7 @@ from .api import (
 from .builders import JobRef, build_config_map, build_pod, build_service
 from .constants import ANNOTATION_DEV_COMMAND, config_map_name, pod_group_name, pod_name, service_name
 from .gang import GangMode, GangUnavailable, build_pod_group, gang_mode, place_in_gang
-from .memory_preflight import preflight
+from .memory_preflight import choose_sharding, preflight
 from .observe import Failure, PodView, classify_failure, pending_reason
 from .progress import final_progress, with_step_time
 from .timestamps import parse_time, rfc3339
@@ -249,6 +252,11 @@ class ReconcileContext:
         if self._spec is None:
             raise RuntimeError("the spec is read before spec_validation_policy accepted it")
         return self._spec
+
+    @property
+    def started(self) -> bool:
+        """The job's first pods were created (status.nodes is recorded with them) or exist: admission is over."""
+        return self.status.nodes is not None or bool(self.observed.pods)
 
     @property
     def live(self) -> list[PodView]:
@@ -449,8 +457,28 @@ def spec_validation_policy(ctx: ReconcileContext) -> Decision | None:
         command = _dev_command(ctx.job, ctx.settings)
     except (ValueError, json.JSONDecodeError) as error:
         return fail_job(ctx, "InvalidSpec", f"invalid spec: {error}", spec.run_policy, stop_pods=True)
+    spec = resolve_sharding(ctx, spec)
     ctx.accept(spec, command)
     return memory_preflight(ctx, spec)
+
+
+def resolve_sharding(ctx: ReconcileContext, spec: LLMTrainingJobSpec) -> LLMTrainingJobSpec:
+    """The spec with parallelism.sharding concrete, recorded in status.sharding, so every later policy (the
+    trainer config, the memory estimate) sees the sharding the trainer runs. The spec's own value wins. An unset one
+    is chosen (`choose_sharding`: zero2 when it fits the nodes' declared GPU memory with the estimator's margin, else
+    zero3) until the job's first pods exist, and pinned from then on: a node label that changes later never flips
+    it, and a job started before the operator chose (no status.sharding) keeps zero3, which it started with. ddp
+    and custom-trainer jobs have no FSDP sharding: unchanged, nothing recorded."""
+    if spec.custom or spec.parallelism.data_parallel != "fsdp":
+        return spec
+    chosen = spec.parallelism.sharding
+    if chosen is None:
+        if ctx.started:
+            chosen = ctx.status.sharding or DEFAULT_SHARDING
+        else:
+            chosen = choose_sharding(spec, ctx.observed.gpu_memory_bytes)
+    ctx.status.sharding = chosen
+    return spec.model_copy(update={"parallelism": spec.parallelism.with_sharding(chosen)})
 
 
 def memory_preflight(ctx: ReconcileContext, spec: LLMTrainingJobSpec) -> Decision | None:
@@ -458,7 +486,7 @@ def memory_preflight(ctx: ReconcileContext, spec: LLMTrainingJobSpec) -> Decisio
     estimated per-rank peak cannot fit the smallest GPU of the nodes it may land on fails with WillNotFit, naming the
     breakdown and the nearest change that fits; one that may not fit gets a Warning event. The estimate goes into
     status.memoryEstimate either way. A running job is never failed by it (a node label may change under it)."""
-    if ctx.status.nodes is not None or ctx.observed.pods:
+    if ctx.started:
         return None
     check = preflight(spec, ctx.observed.gpu_memory_bytes)
     if check is None:
@@ -758,7 +786,8 @@ def pod_creation_policy(ctx: ReconcileContext) -> Decision | None:
     created = ctx.condition("Created")
     first_pods = created is None and status.phase == "Pending"
     if not missing and (first_pods or (created is not None and created.status != "True")):
-        message = f"created config, service and {nodes} node pods (gang placement: {status.gang or ctx.gang})"
+        message = f"created config, service and {nodes} node pods (gang placement: {status.gang or ctx.gang}"
+        message += f", FSDP sharding {status.sharding})" if status.sharding else ")"
         ctx.set_condition("Created", "True", "ChildrenCreated", message)
         ctx.event("Normal", "Created", message)
     if ctx.hold_creates:

@@ -48,14 +48,15 @@ def parallel_dims(cfg: ParallelismConfig, *, world_size: int, local_world_size: 
     if tp > local_world_size:
         raise ConfigError(f"parallelism.tensorParallel: {tp} exceeds the {local_world_size} ranks of a node")
     dp = world_size // tp
+    sharding = cfg.effective_sharding  # unset: zero3 (the operator renders its choice; ranks never choose alone)
     if cfg.data_parallel == "ddp":
-        return ParallelDims(dp, 1, tp, "ddp", cfg.sharding)
-    if cfg.sharding == "hybrid":
+        return ParallelDims(dp, 1, tp, "ddp", sharding)
+    if sharding == "hybrid":
         nodes = world_size // local_world_size
         if local_world_size % tp:
             raise ConfigError(f"parallelism.tensorParallel: {tp} does not divide {local_world_size} ranks per node")
         return ParallelDims(nodes, local_world_size // tp, tp, "fsdp", "hybrid")
-    return ParallelDims(1, dp, tp, "fsdp", cfg.sharding)
+    return ParallelDims(1, dp, tp, "fsdp", sharding)
 
 
 def check_model_fits(dims: ParallelDims, args: ModelArgs) -> None:

@@ -250,6 +250,26 @@ def test_spec_sections_give_the_same_estimate_as_the_explicit_call():
     assert spec == explicit
 
 
+def test_an_unset_sharding_is_estimated_as_zero3_the_trainers_reading_of_it():
+    assert ParallelismSection().sharding is None and ParallelismSection().effective_sharding == "zero3"
+    assert ParallelismSection(sharding="zero2").effective_sharding == "zero2"
+    assert ParallelismSection().with_sharding("zero2").effective_sharding == "zero2"
+
+    def cfg(parallelism: ParallelismSection) -> MemoryConfig:
+        return config_from_spec(
+            ModelSection(preset="llama-1b"),
+            DataSection(seq_len=2048),
+            parallelism,
+            TrainingSection(steps=10, global_batch_size=16),
+            precision="bf16",
+            nodes=1,
+            procs_per_node=8,
+        )
+
+    assert cfg(ParallelismSection()).sharding == "zero3"
+    assert cfg(ParallelismSection()) == cfg(ParallelismSection(sharding="zero3"))
+
+
 def test_unknown_vocabulary_without_a_preset_makes_a_lower_bound():
     cfg = config_from_spec(
         ModelSection(dim=512, layers=4, heads=8),

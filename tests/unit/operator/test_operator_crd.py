@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -51,7 +52,7 @@ def test_module_prints_the_crd_yaml():
         capture_output=True,
         text=True,
         check=True,
-        env={"PYTHONPATH": str(REPO / "operator")},
+        env={"PYTHONPATH": os.pathsep.join(str(REPO / part) for part in ("operator", "contract"))},
         timeout=60,
     ).stdout
     assert yaml.safe_load(out)["kind"] == "CustomResourceDefinition"
@@ -92,7 +93,8 @@ def test_names_scope_status_subresource_and_printer_columns():
     version = _version()
     assert version["subresources"] == {"status": {}}
     columns = [c["name"] for c in version["additionalPrinterColumns"]]
-    assert columns == ["Phase", "Nodes", "Step", "Loss", "Eval", "Tok/s", "Restarts", "Age"]
+    assert columns == ["Phase", "Nodes", "Step", "Loss", "Eval", "Tok/s", "Restarts", "Sharding", "Age"]
+    assert next(c for c in version["additionalPrinterColumns"] if c["name"] == "Sharding")["priority"] == 1  # -o wide
 
 
 def test_procs_per_node_is_int_or_string_defaulting_to_auto():

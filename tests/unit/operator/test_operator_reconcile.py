@@ -408,8 +408,9 @@ def _config_data(**training: Any) -> dict[str, str]:
     from llmtrain_operator.api import LLMTrainingJobSpec
     from llmtrain_operator.builders import build_config_map
 
-    spec = LLMTrainingJobSpec.model_validate({**SPEC, "training": {**SPEC["training"], **training}})
-    return build_config_map(job().ref, spec)["data"]
+    # parallelism.sharding as the operator resolves it for this CPU job (unset in SPEC: zero3)
+    raw = {**SPEC, "parallelism": {"sharding": "zero3"}, "training": {**SPEC["training"], **training}}
+    return build_config_map(job().ref, LLMTrainingJobSpec.model_validate(raw))["data"]
 
 
 def test_a_new_attempt_re_renders_a_config_the_spec_has_outgrown():

@@ -115,6 +115,14 @@ def test_mesh_sizes(parallelism, world, local, expected):
     assert dims.world_size == world
 
 
+def test_an_unset_sharding_builds_zero3_on_every_rank():
+    """A trainer run outside the operator (which renders its choice into the config) reads unset as zero3; ranks
+    never choose by themselves, so they cannot disagree."""
+    dims = parallel_dims(ParallelismConfig(dataParallel="fsdp"), world_size=8, local_world_size=8)
+    assert dims == ParallelDims(1, 8, 1, "fsdp", "zero3")
+    assert parallel_dims(ParallelismConfig(dataParallel="ddp"), world_size=8, local_world_size=8).sharding == "zero3"
+
+
 def test_tensor_parallel_must_fit_in_a_node():
     with pytest.raises(ConfigError, match=r"parallelism\.tensorParallel"):
         parallel_dims(ParallelismConfig(tensorParallel=16), world_size=16, local_world_size=8)
