@@ -33,6 +33,7 @@ import math
 import os
 import re
 import secrets
+import signal
 import subprocess
 import sys
 import time
@@ -340,7 +341,8 @@ def start_operator(plan: Scenario, ns: str, kubeconfig: str, port: int) -> tuple
     env = {**os.environ, "KUBECONFIG": kubeconfig, "PYTHONPATH": f"{REPO / 'contract'}:{REPO / 'operator'}"}
     if plan.life_s is not None:
         env["LLMTRAIN_DEV_COMMAND_OVERRIDE"] = "1"  # the job's annotation replaces torchrun with a sleep
-    argv = [sys.executable, "-m", "llmtrain_operator", "--namespace", ns, "--metrics-port", str(port)]
+    traced = [str(REPO / "bench/traced_operator.py")] if "LLMTRAIN_TRACEMALLOC_OUT" in env else ["-m"]
+    argv = [sys.executable, *traced, "llmtrain_operator", "--namespace", ns, "--metrics-port", str(port)]
     argv += ["--health-port", "0", "--resync-seconds", str(plan.resync_s)]
     log = open(f"/tmp/bench-operator-{plan.label}.log", "w")  # noqa: SIM115
     return subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT), log
@@ -406,6 +408,9 @@ async def measure(client: KubeClient, kubeconfig: str, plan: Scenario) -> dict[s
             result["write_goal"] = f"<= {budget} (nodes + 3 + 1 per started minute)"
             result["write_goal_met"] = result["writes_per_job"] <= budget
         result.update(rss_mb(proc.pid))
+        if "LLMTRAIN_TRACEMALLOC_OUT" in os.environ:
+            proc.send_signal(signal.SIGUSR1)  # bench/traced_operator.py writes its largest allocations
+            await asyncio.sleep(15)
         return result
     finally:
         proc.terminate()
@@ -451,6 +456,7 @@ async def run(kubeconfig: str, plans: list[Scenario]) -> dict[str, Any]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", help="also write the JSON here")
+    parser.add_argument("--tracemalloc", metavar="PATH", help="operator under tracemalloc; top allocations here")
     parser.add_argument("--scenarios", default="big,many", help=f"comma-separated, from {','.join(SCENARIOS)}")
     parser.add_argument("--big-nodes", type=int, default=64)
     parser.add_argument("--jobs", type=int, default=100)
@@ -462,6 +468,8 @@ def main() -> int:
     parser.add_argument("--life-seconds", type=float, default=120.0, help="life: how long the pods run")
     args = parser.parse_args()
     plans = pick_scenarios(args.scenarios, args)
+    if args.tracemalloc:
+        os.environ["LLMTRAIN_TRACEMALLOC_OUT"] = str(Path(args.tracemalloc).resolve())
     kubeconfig = os.environ.get("KUBECONFIG")
     if not kubeconfig:
         from llmtrain_testbed import cluster
