@@ -110,6 +110,7 @@ class Scenario:
     settle_s: float = 3.0  # after the last pod is created (or the job finished), before the final reads
     life_s: float | None = None  # pods run a sleep this long; None: they stay Pending
     timeout_s: float = 300.0
+    steady_s: float = 0.0  # a second window, measured on its own, after the settle
 
 
 def pick_scenarios(names: str, args: argparse.Namespace) -> list[Scenario]:
@@ -124,6 +125,7 @@ def pick_scenarios(names: str, args: argparse.Namespace) -> list[Scenario]:
             args.nodes_per_job,
             resync_s=10.0,
             settle_s=args.settle_seconds,
+            steady_s=args.steady_seconds,
             timeout_s=480.0,
         ),
         "life": Scenario(
@@ -207,6 +209,21 @@ async def refuse_if_another_operator(client: KubeClient, kubeconfig: str, wait_s
 
 def scrape(port: int) -> str:
     return urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30).read().decode()
+
+
+async def first_scrape(port: int, proc: subprocess.Popen[bytes], timeout_s: float = 60.0) -> str:
+    """The operator's first /metrics, once it serves them (imports and kopf's watches take seconds; longer under
+    tracemalloc), plus 2 s for its watches to list."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            scrape(port)
+            await asyncio.sleep(2)
+            return scrape(port)
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.5)
 
 
 def operator_writes(text: str) -> dict[str, float]:
@@ -341,8 +358,9 @@ def start_operator(plan: Scenario, ns: str, kubeconfig: str, port: int) -> tuple
     env = {**os.environ, "KUBECONFIG": kubeconfig, "PYTHONPATH": f"{REPO / 'contract'}:{REPO / 'operator'}"}
     if plan.life_s is not None:
         env["LLMTRAIN_DEV_COMMAND_OVERRIDE"] = "1"  # the job's annotation replaces torchrun with a sleep
-    traced = [str(REPO / "bench/traced_operator.py")] if "LLMTRAIN_TRACEMALLOC_OUT" in env else ["-m"]
-    argv = [sys.executable, *traced, "llmtrain_operator", "--namespace", ns, "--metrics-port", str(port)]
+    traced = "LLMTRAIN_TRACEMALLOC_OUT" in env
+    program = [str(REPO / "bench/traced_operator.py")] if traced else ["-m", "llmtrain_operator"]
+    argv = [sys.executable, *program, "--namespace", ns, "--metrics-port", str(port)]
     argv += ["--health-port", "0", "--resync-seconds", str(plan.resync_s)]
     log = open(f"/tmp/bench-operator-{plan.label}.log", "w")  # noqa: SIM115
     return subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT), log
@@ -385,8 +403,7 @@ async def measure(client: KubeClient, kubeconfig: str, plan: Scenario) -> dict[s
     port = 18000 + secrets.randbelow(1000)
     proc, log = start_operator(plan, ns, kubeconfig, port)
     try:
-        await asyncio.sleep(4)  # operator startup (imports, kopf watches)
-        before, cpu_before = scrape(port), cpu_seconds(proc.pid)
+        before, cpu_before = await first_scrape(port, proc), cpu_seconds(proc.pid)
         jobs = [job(f"{plan.label.replace('_', '-')}-{i}", plan.nodes, plan.life_s) for i in range(plan.jobs)]
         began = time.perf_counter()
         result = await scenario(client, ns, jobs, timeout=plan.timeout_s)
@@ -403,6 +420,15 @@ async def measure(client: KubeClient, kubeconfig: str, plan: Scenario) -> dict[s
         result["settle"] = {"seconds": plan.settle_s, "rss_mb_at_start": rss_then["rss_mb"]}
         result["settle"]["operator_cpu_s"] = round(cpu_seconds(proc.pid) - cpu_then, 2)
         result["settle"].update(reconcile_quantiles(settled, end))  # the steady state: resyncs, late pod events
+        settle_writes = summarize(settled, end, plan)
+        result["settle"]["write_breakdown"] = settle_writes["write_breakdown"]
+        if plan.steady_s:  # a second window after the settle: the scheduler has marked every pod by then
+            cpu_then = cpu_seconds(proc.pid)
+            await asyncio.sleep(plan.steady_s)
+            steady = scrape(port)
+            result["steady"] = {"seconds": plan.steady_s, "operator_cpu_s": round(cpu_seconds(proc.pid) - cpu_then, 2)}
+            result["steady"].update(reconcile_quantiles(end, steady))
+            result["steady"]["write_breakdown"] = summarize(end, steady, plan)["write_breakdown"]
         if plan.life_s is not None:
             budget = life_write_budget(plan.nodes, result["life_s"])
             result["write_goal"] = f"<= {budget} (nodes + 3 + 1 per started minute)"
@@ -464,6 +490,7 @@ def main() -> int:
     parser.add_argument("--huge-nodes", type=int, default=512)
     parser.add_argument("--thousand-jobs", type=int, default=1000)
     parser.add_argument("--settle-seconds", type=float, default=60.0, help="thousand: steady state measured after")
+    parser.add_argument("--steady-seconds", type=float, default=60.0, help="thousand: a second window after")
     parser.add_argument("--life-nodes", type=int, default=4)
     parser.add_argument("--life-seconds", type=float, default=120.0, help="life: how long the pods run")
     args = parser.parse_args()

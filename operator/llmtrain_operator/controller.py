@@ -1,7 +1,9 @@
 """The operator's runtime: triggers in, `reconcile()` decisions applied out, over a narrow Kubernetes client.
 
 * A trigger (a job event, a pod event, a requeue, the resync) asks for a reconcile of one job; triggers that arrive
-  while one runs are coalesced into a single follow-up run (a 64-pod gang emits hundreds of pod events).
+  while one runs are coalesced into a single follow-up run (a 64-pod gang emits hundreds of pod events). At most
+  RECONCILE_CONCURRENCY jobs reconcile at once (controller-runtime's MaxConcurrentReconciles): beyond the API
+  server's pace more would only wait on the client while holding their manifests.
 * The job itself comes from a cache of its newest body (from the watch, our status writes and GETs: job_cache.py),
   not a GET per reconcile. A stale body costs a conflict on the conditional status write, then a GET.
 * Node pods come from an index (kopf's, keyed by (namespace, job name)) of PodViews, so a reconcile lists nothing.
@@ -75,6 +77,7 @@ CONFLICT_PAUSE_SECONDS = 0.05  # before re-reading a job whose status write lost
 WRITE_CONCURRENCY = 64  # creates or deletes in flight per job
 SCRAPE_TIMEOUT_SECONDS = 2.0  # per metrics read: a dead endpoint must not hold the resync up
 SCRAPE_CONCURRENCY = 32  # metrics reads in flight across all jobs
+RECONCILE_CONCURRENCY = 64  # reconciles at once (jobs); more only wait on the API client, holding their manifests
 SAFETY_ROUNDS = 10  # a job that is not Running is re-examined by every SAFETY_ROUNDS-th resync (resync_due)
 
 
@@ -153,6 +156,7 @@ class Controller:
     _background: set[asyncio.Future[None]] = field(default_factory=set)
     discovered: bool = False  # what the API server serves (PodGroups) was looked up
     resync_round: int = 0
+    _reconcilers: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(RECONCILE_CONCURRENCY))
 
     def __post_init__(self) -> None:
         if self.elector is not None:
@@ -182,9 +186,10 @@ class Controller:
         slot.running = True
         try:
             while slot.dirty:
-                slot.dirty = False
-                _observe_lag(slot)
-                await self._reconcile_once(key, slot)
+                async with self._reconcilers:
+                    slot.dirty = False
+                    _observe_lag(slot)
+                    await self._reconcile_once(key, slot)
         finally:
             slot.running = False
 
@@ -205,6 +210,9 @@ class Controller:
         slot = self.slots.get(key)
         if slot is not None and self.leading:
             _mark_triggered(slot)
+            if slot.running:  # the running reconcile picks it up: no task needed (a gang's pod events)
+                slot.dirty = True
+                return
         self._keep(asyncio.ensure_future(self.trigger(key)))
 
     def _keep(self, task: asyncio.Future[None]) -> None:

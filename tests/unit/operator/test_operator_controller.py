@@ -51,6 +51,7 @@ class FakeKube:
         self.fail: dict[tuple[str, str], Exception] = {}  # (verb, kind) -> raised
         self.conflicts = 0  # status writes still to answer with a conflict
         self.get_gate: asyncio.Event | None = None
+        self.status_gate: asyncio.Event | None = None
         self.job_reads = 0
         self.pod_groups_served = False
 
@@ -109,6 +110,8 @@ class FakeKube:
     async def patch_job_status(
         self, namespace: str, name: str, patch: dict[str, Any], resource_version: str | None
     ) -> dict[str, Any] | None:
+        if self.status_gate is not None:
+            await self.status_gate.wait()
         self.writes.append(("status", "LLMTrainingJob", name))
         body = self.objects.get(("LLMTrainingJob", namespace, name))
         if body is None or self.conflicts or resource_version != body["metadata"]["resourceVersion"]:
@@ -692,6 +695,30 @@ def test_handlers_only_register_kopf_handlers_around_a_controller():
     register(registry, Controller(settings=SETTINGS))
     ids = {handler.id for handler in registry._activities.get_all_handlers()}
     assert {"configure", "shutdown", "login"} <= ids
+
+
+def test_a_job_event_hands_its_body_over_and_returns_without_waiting_for_the_reconcile():
+    import kopf
+    from llmtrain_operator.handlers import register
+
+    kube = FakeKube()
+    kube.add_job()
+    kube.get_gate, kube.status_gate = asyncio.Event(), asyncio.Event()  # a GET would wait forever; so does the write
+
+    async def scenario() -> None:
+        registry = kopf.OperatorRegistry()
+        controller = make_controller(kube)
+        register(registry, controller)
+        (handler,) = [h for h in registry._watching.get_all_handlers() if h.id == "job_event"]
+        indices = {"node_pods": {}, "gpu_nodes": {}, "unreachable_nodes": {}}
+        event = {"type": "ADDED", "body": kopf.Body(kube.job()), "namespace": "ns", "name": "demo"}
+        await asyncio.wait_for(handler.fn(**event, **indices), 1)  # returned while the reconcile waits to write
+        assert controller.slots[KEY].running and kube.writes == []
+        kube.status_gate.set()
+        await until(lambda: ("status", "LLMTrainingJob", "demo") in kube.writes)
+
+    run(scenario)
+    assert kube.job_reads == 0  # the reconcile started from the event's body
 
 
 def test_gpu_nodes_are_indexed_by_name_and_a_node_without_gpus_drops_out():
