@@ -326,12 +326,18 @@ async def scenario(client: KubeClient, ns: str, jobs: list[dict[str, Any]], time
     }
 
 
-def kubectl(*args: str, kubeconfig: str, input: str | None = None) -> str:
+def kubectl(*args: str, kubeconfig: str, input: str | None = None, timeout: float = 120) -> str:
     from llmtrain_testbed import paths
 
     env = {**os.environ, "KUBECONFIG": kubeconfig}
     return subprocess.run(
-        [paths.kubectl_binary(), *args], input=input, capture_output=True, text=True, env=env, check=True, timeout=120
+        [paths.kubectl_binary(), *args],
+        input=input,
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+        timeout=timeout,
     ).stdout
 
 
@@ -440,9 +446,14 @@ async def measure(client: KubeClient, kubeconfig: str, plan: Scenario) -> dict[s
         return result
     finally:
         proc.terminate()
-        proc.wait(20)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()  # (a traced operator can take longer to stop)
+            proc.wait(20)
         log.close()
-        kubectl("delete", "namespace", ns, "--wait=false", kubeconfig=kubeconfig)
+        # Wait until its pods are gone: the next scenario must not share the scheduler with 4,000 leftovers.
+        kubectl("delete", "namespace", ns, "--wait=true", "--timeout=600s", kubeconfig=kubeconfig, timeout=660)
 
 
 def wait_established(kubeconfig: str, attempts: int = 10) -> None:

@@ -25,6 +25,7 @@ ARGS = argparse.Namespace(
     huge_nodes=512,
     thousand_jobs=1000,
     settle_seconds=30.0,
+    steady_seconds=60.0,
     life_nodes=4,
     life_seconds=600.0,
 )
