@@ -68,8 +68,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--status-interval-seconds",
         type=float,
         default=float(os.environ.get("LLMTRAIN_STATUS_INTERVAL_SECONDS", "60")),
-        help="routine status changes of a job (pod counts, training progress) are written at most this often; "
-        "transitions are written at once (env LLMTRAIN_STATUS_INTERVAL_SECONDS)",
+        help="a job's status write budget, seconds per write: routine changes (pod counts, training progress) "
+        "wait for it, transitions are written at once and spend from it (env LLMTRAIN_STATUS_INTERVAL_SECONDS)",
     )
     p.add_argument(
         "--leader-elect",

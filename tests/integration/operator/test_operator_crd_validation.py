@@ -68,10 +68,10 @@ def test_valid_job_is_accepted_with_defaults_filled_in(cluster: Cluster, namespa
     # The built-in trainer's sections get no server-side default (CEL must see whether the user wrote them; the
     # operator applies the defaults), but a section that is written gets its fields' defaults.
     assert "parallelism" not in spec and "optimizer" not in spec
+    # sharding has no default: unset, the operator chooses it at admission (zero2 where it fits, else zero3).
     kube.create(job_manifest("nested", snippet=None, parallelism={"dataParallel": "ddp"}))
     assert kube.job("nested")["spec"]["parallelism"] == {
         "dataParallel": "ddp",
-        "sharding": "zero3",
         "tensorParallel": 1,
         "lossParallel": True,
     }
