@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 
 import pytest
 from llmtrain_testbed.testing import wait_for
@@ -67,12 +68,18 @@ def test_two_gangs_that_do_not_fit_together_run_one_after_the_other_never_half_b
     for name in ("first", "second"):
         kube.create(gpu_job(name, nodes=3, snippet=snippet, gang="native"))
     half_bound, stop = [], threading.Event()
+    # The scheduler binds a gang's pods with one API write each, so a list can catch a gang between its binds
+    # (seen: 2 of 3, once). What must never happen is a gang that stays part-bound, holding capacity the other
+    # gang needs: flag a count other than 0 or 3 that lasts 2 s.
+    part_since: dict[str, float] = {}
 
     def watch() -> None:
         while not stop.is_set():
             for name in ("first", "second"):
-                count = bound(kube, name)
-                if count not in (0, 3):
+                count, now = bound(kube, name), time.monotonic()
+                if count in (0, 3):
+                    part_since.pop(name, None)
+                elif now - part_since.setdefault(name, now) >= 2.0:
                     half_bound.append((name, count))
 
     watcher = threading.Thread(target=watch, daemon=True)
